@@ -1,0 +1,148 @@
+package bgpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// An Option configures a Pool in New. Options are applied in order; a later
+// option overrides an earlier one of the same kind. An invalid option makes
+// New return an error.
+type Option interface {
+	apply(*options) error
+}
+
+type optionFunc func(*options) error
+
+func (f optionFunc) apply(o *options) error { return f(o) }
+
+// options holds a Pool's configuration. Its zero value of every field means
+// the default; defaults are filled in by New via setDefaults.
+type options struct {
+	queueSize    int  // -1 until WithQueueSize sets it
+	policy       Policy
+	limit        rate.Limit
+	burst        int
+	rateSet      bool
+	taskTimeout  time.Duration
+	maxQueueWait time.Duration
+	onError      func(context.Context, error)
+	logger       *slog.Logger
+}
+
+// setDefaults fills in every default in one place.
+func (o *options) setDefaults(size int) {
+	if o.queueSize < 0 {
+		o.queueSize = size
+	}
+	if o.policy == nil {
+		o.policy = Block
+	}
+}
+
+// WithQueueSize sets how many tasks may wait for a worker. The default is
+// the pool's size. Zero means hand-off only: a task is admitted only when a
+// worker can take it at once. A negative n is an error.
+func WithQueueSize(n int) Option {
+	return optionFunc(func(o *options) error {
+		if n < 0 {
+			return fmt.Errorf("bgpool: WithQueueSize(%d): queue size must not be negative", n)
+		}
+		o.queueSize = n
+		return nil
+	})
+}
+
+// WithPolicy sets what Submit does when the queue is full. The default is
+// Block. A nil policy is an error.
+func WithPolicy(p Policy) Option {
+	return optionFunc(func(o *options) error {
+		if p == nil || isNilFunc(p) {
+			return errors.New("bgpool: WithPolicy(nil): policy must not be nil")
+		}
+		o.policy = p
+		return nil
+	})
+}
+
+func isNilFunc(p Policy) bool {
+	f, ok := p.(PolicyFunc)
+	return ok && f == nil
+}
+
+// WithRateLimit caps how fast tasks start: starts follow a token bucket that
+// refills at limit tokens per second and holds at most burst tokens (see
+// golang.org/x/time/rate). Tasks that arrive faster wait in the queue, and
+// the overflow policy handles the rest. While the pool waits for a token it
+// holds no worker idle and Submit does not block on the limiter.
+//
+// The default is no limit; rate.Inf also means no limit and costs nothing. A
+// limit that is not positive, or a burst below 1 (which x/time/rate would
+// read as "allow nothing"), is an error.
+func WithRateLimit(limit rate.Limit, burst int) Option {
+	return optionFunc(func(o *options) error {
+		if limit != rate.Inf && !(limit > 0) {
+			return fmt.Errorf("bgpool: WithRateLimit(%v, %d): limit must be positive or rate.Inf", limit, burst)
+		}
+		if burst < 1 {
+			return fmt.Errorf("bgpool: WithRateLimit(%v, %d): burst must be at least 1", limit, burst)
+		}
+		o.limit, o.burst, o.rateSet = limit, burst, limit != rate.Inf
+		return nil
+	})
+}
+
+// WithTaskTimeout gives each task's context a deadline d after the task
+// starts. The default, zero, means no deadline. A negative d is an error.
+// A task that ignores its context is not stopped; it only sees ctx.Done.
+func WithTaskTimeout(d time.Duration) Option {
+	return optionFunc(func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("bgpool: WithTaskTimeout(%v): duration must not be negative", d)
+		}
+		o.taskTimeout = d
+		return nil
+	})
+}
+
+// WithMaxQueueWait makes the pool discard, instead of run, a task that
+// waited in the queue for longer than d: such a task is counted Dropped. The
+// default, zero, means tasks wait as long as it takes. A negative d is an
+// error.
+func WithMaxQueueWait(d time.Duration) Option {
+	return optionFunc(func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("bgpool: WithMaxQueueWait(%v): duration must not be negative", d)
+		}
+		o.maxQueueWait = d
+		return nil
+	})
+}
+
+// WithErrorHandler sets the function that receives every error a task
+// returns and every panic, as a *PanicError. It is called on the worker that
+// ran the task, with the task's context, before the task counts as
+// finished; it may be called concurrently from several workers. A panic in
+// fn is recovered and logged. The default logs each error at level Error on
+// the pool's logger. A nil fn restores the default.
+func WithErrorHandler(fn func(ctx context.Context, err error)) Option {
+	return optionFunc(func(o *options) error {
+		o.onError = fn
+		return nil
+	})
+}
+
+// WithLogger sets the logger of the default error handler and of the pool's
+// own messages. The default, or a nil l, is slog.Default() at the time of
+// logging.
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(o *options) error {
+		o.logger = l
+		return nil
+	})
+}

@@ -1,0 +1,178 @@
+// Overflow policies.
+//
+// A pool admits a task when a worker is free or the queue has room. When
+// neither holds, Submit hands the task to the pool's Policy, which settles it
+// in one of five ways:
+//
+//   - Block waits for room, for as long as the submitter's context allows.
+//     Choose it when every task matters and the submitter can afford to wait:
+//     the queue then pushes back on the producer. It is the default.
+//   - BlockFor(d) waits at most d. Choose it to bound how long a request
+//     handler can be held up.
+//   - Drop discards the new task and returns nil. Choose it for work that is
+//     nice to have (cache warming, best-effort notifications) where the
+//     submitter must never wait and need not know.
+//   - Reject returns ErrOverloaded at once. Choose it when the submitter can
+//     react: answer 503, retry elsewhere, or record the failure.
+//   - DropOldest discards the oldest queued task and queues the new one.
+//     Choose it when newer work supersedes older work (status updates,
+//     refreshes), so the queue always holds the freshest tasks.
+//   - CallerRuns runs the task on the submitter's goroutine. Choose it for
+//     backpressure without losing work: a producer that runs tasks itself
+//     cannot produce faster than the pool drains (Java's CallerRunsPolicy).
+//     Such tasks run outside the pool's size cap.
+//
+// A Policy of your own decides with the same actions; see Overflow and the
+// package example "block 10ms, then reject".
+//
+// Every outcome is counted in Stats: nothing overflows silently.
+
+package bgpool
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// A Policy decides what Submit does with a task that the pool has no room
+// for. Policies are called on the submitting goroutine with no lock held, and
+// must be safe for concurrent use.
+//
+// Overflow must settle the task by calling exactly one of o's actions (Wait
+// that succeeds, Drop, Reject, DropOldest or Run) and return what Submit
+// should return. A task left unsettled is counted Rejected, and Submit
+// returns Overflow's error, or ErrOverloaded if that is nil.
+type Policy interface {
+	Overflow(ctx context.Context, o *Overflow) error
+}
+
+// PolicyFunc adapts an ordinary function to the Policy interface.
+type PolicyFunc func(ctx context.Context, o *Overflow) error
+
+// Overflow calls f(ctx, o).
+func (f PolicyFunc) Overflow(ctx context.Context, o *Overflow) error { return f(ctx, o) }
+
+// The built-in policies. Block is the default.
+var (
+	// Block waits until the task is admitted or ctx ends. When ctx ends
+	// first, Submit returns an error that matches both ErrOverloaded and
+	// ctx.Err(); when Shutdown begins first, ErrClosed.
+	Block Policy = PolicyFunc(func(ctx context.Context, o *Overflow) error {
+		return o.Wait(ctx)
+	})
+
+	// Drop discards the task, counts it Dropped, and makes Submit return nil.
+	Drop Policy = PolicyFunc(func(_ context.Context, o *Overflow) error {
+		return o.Drop()
+	})
+
+	// Reject makes Submit return ErrOverloaded at once and counts the task
+	// Rejected.
+	Reject Policy = PolicyFunc(func(_ context.Context, o *Overflow) error {
+		return o.Reject()
+	})
+
+	// DropOldest discards the oldest queued task, counting it Dropped, and
+	// queues the new one. With no task in the queue (WithQueueSize(0)) the
+	// new task is the oldest and is dropped.
+	DropOldest Policy = PolicyFunc(func(_ context.Context, o *Overflow) error {
+		return o.DropOldest()
+	})
+
+	// CallerRuns runs the task on the submitting goroutine, so Submit blocks
+	// for as long as the task runs and returns nil. The task gets the same
+	// context, timeout, panic recovery, error handler and counting as a task
+	// run by a worker, but it does not count towards Running or the size cap.
+	CallerRuns Policy = PolicyFunc(func(_ context.Context, o *Overflow) error {
+		return o.Run()
+	})
+)
+
+// BlockFor returns a Policy that waits like Block, but at most d. When d
+// passes first, Submit returns an error that matches ErrOverloaded and
+// context.DeadlineExceeded. A d of zero or less waits not at all: the task is
+// rejected at once, like Reject.
+func BlockFor(d time.Duration) Policy {
+	return PolicyFunc(func(ctx context.Context, o *Overflow) error {
+		ctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		return o.Wait(ctx)
+	})
+}
+
+// errSettled is returned by an Overflow action called after the task was
+// already settled.
+var errSettled = errors.New("bgpool: overflow already settled")
+
+// Overflow is a task that found no room, handed to a Policy. Its methods are
+// the ways to settle it; each counts the task in Stats. After one action has
+// settled the task, the others do nothing and return an error. An Overflow
+// is valid only during the Policy call that received it, and its methods
+// must be called from that call's goroutine.
+type Overflow struct {
+	pool    *Pool
+	ctx     context.Context
+	task    Task
+	settled bool
+}
+
+// Wait blocks until the task is admitted to the queue or a worker, in FIFO
+// order with other waiting submitters, and returns nil; or until ctx ends,
+// and returns an error matching both ErrOverloaded and ctx.Err(); or until
+// Shutdown begins, and returns ErrClosed. An unsuccessful Wait leaves the
+// task unsettled, so the policy may still Drop, Reject or Run it.
+func (o *Overflow) Wait(ctx context.Context) error {
+	if o.settled {
+		return errSettled
+	}
+	err := o.pool.wait(ctx, o.ctx, o.task)
+	o.settled = err == nil
+	return err
+}
+
+// Drop discards the task, counts it Dropped and returns nil.
+func (o *Overflow) Drop() error {
+	if o.settled {
+		return errSettled
+	}
+	o.settled = true
+	o.pool.countDropped(o.ctx)
+	return nil
+}
+
+// Reject counts the task Rejected and returns ErrOverloaded.
+func (o *Overflow) Reject() error {
+	if o.settled {
+		return errSettled
+	}
+	o.settled = true
+	o.pool.countRejected(o.ctx)
+	return ErrOverloaded
+}
+
+// DropOldest discards the oldest queued task, counting it Dropped, queues
+// this one, and returns nil. If room appeared meanwhile nothing is dropped;
+// if the queue holds nothing to drop, this task is dropped instead. After
+// Shutdown has begun it returns ErrClosed and counts the task Rejected.
+func (o *Overflow) DropOldest() error {
+	if o.settled {
+		return errSettled
+	}
+	o.settled = true
+	return o.pool.dropOldest(o.ctx, o.task)
+}
+
+// Run runs the task on the calling goroutine, blocking until it returns,
+// with the pool's task context, timeout, panic recovery, error handler and
+// counting. The task does not count towards Running or the size cap. Run
+// returns nil: the task's own error goes to the error handler, as for a task
+// run by a worker.
+func (o *Overflow) Run() error {
+	if o.settled {
+		return errSettled
+	}
+	o.settled = true
+	o.pool.runHere(o.ctx, o.task)
+	return nil
+}
