@@ -17,6 +17,11 @@ var (
 	// matches the context's error with errors.Is). The task was not run and is
 	// counted Rejected.
 	ErrOverloaded = errors.New("bgpool: pool is overloaded")
+
+	// ErrNoPool is returned by Go for a request that did not pass through
+	// Middleware, so that no pool is attached to its context. Nothing was
+	// submitted and nothing is counted.
+	ErrNoPool = errors.New("bgpool: no pool in the request context (is the handler wrapped in bgpool.Middleware?)")
 )
 
 // PanicError is the error a task's panic becomes. The pool recovers every

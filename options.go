@@ -24,7 +24,7 @@ func (f optionFunc) apply(o *options) error { return f(o) }
 // options holds a Pool's configuration. Its zero value of every field means
 // the default; defaults are filled in by New via setDefaults.
 type options struct {
-	queueSize    int  // -1 until WithQueueSize sets it
+	queueSize    int // -1 until WithQueueSize sets it
 	policy       Policy
 	limit        rate.Limit
 	burst        int
@@ -125,11 +125,12 @@ func WithMaxQueueWait(d time.Duration) Option {
 }
 
 // WithErrorHandler sets the function that receives every error a task
-// returns and every panic, as a *PanicError. It is called on the worker that
-// ran the task, with the task's context, before the task counts as
-// finished; it may be called concurrently from several workers. A panic in
-// fn is recovered and logged. The default logs each error at level Error on
-// the pool's logger. A nil fn restores the default.
+// returns, every panic as a *PanicError, and the error of a task kept for
+// after the response (WithAfterResponse) that the pool did not admit. It is
+// called on the worker that ran the task, with the task's context, before
+// the task counts as finished; it may be called concurrently from several
+// workers. A panic in fn is recovered and logged. The default logs each error
+// at level Error on the pool's logger. A nil fn restores the default.
 func WithErrorHandler(fn func(ctx context.Context, err error)) Option {
 	return optionFunc(func(o *options) error {
 		o.onError = fn

@@ -35,11 +35,11 @@ type Stats struct {
 	Queued    int // tasks admitted and waiting for a worker
 	QueueSize int // the queue's capacity
 
-	Submitted uint64 // calls to Submit and TrySubmit
+	Submitted uint64 // calls to Submit and TrySubmit, and tasks Go kept for after a response (WithAfterResponse)
 	Completed uint64 // tasks that returned nil
 	Failed    uint64 // tasks that returned an error
 	Panicked  uint64 // tasks that panicked
-	Dropped   uint64 // tasks discarded by the Drop or DropOldest policy, or by WithMaxQueueWait
+	Dropped   uint64 // tasks discarded by Drop or DropOldest, by WithMaxQueueWait, or kept by a WithAfterResponse handler that panicked
 	Rejected  uint64 // tasks refused with an error: ErrOverloaded, ErrClosed, or bad input
 	Abandoned uint64 // tasks queued or running when Shutdown's deadline passed
 }
@@ -316,7 +316,6 @@ func (p *Pool) loop() {
 			p.startLoops(starts)
 			return
 		}
-		p.running++
 		p.mu.Unlock()
 		p.startLoops(starts)
 
@@ -355,12 +354,12 @@ func (p *Pool) taskExited() {
 	p.startLoops(n)
 }
 
-// nextLocked returns the next task for a worker loop, parking the loop while
-// the queue is empty, and how many more loops the caller must start (with
-// startLoops, after releasing p.mu) for tasks that waiting submitters moved
-// into the room it made. When it reports false the loop must return: it has
-// already been taken out of p.active. Requires p.mu, which it may release
-// and reacquire.
+// nextLocked returns the next task for a worker loop, already counted in
+// p.running, parking the loop while the queue is empty. It also returns how
+// many more loops the caller must start (with startLoops, after releasing
+// p.mu) for tasks that waiting submitters moved into the room it made. When
+// it reports false the loop must return: it has already been taken out of
+// p.active. Requires p.mu, which it may release and reacquire.
 func (p *Pool) nextLocked(w **worker) (it item, starts int, ok bool) {
 	for {
 		if p.active > p.workers { // Tune shrank the pool: retire this loop
@@ -398,6 +397,7 @@ func (p *Pool) nextLocked(w **worker) (it item, starts int, ok bool) {
 			return item{}, starts, false
 		}
 		p.queue.Pop()
+		p.running++ // before admitting waiters: this loop's slot is taken
 		if len(p.waiters) > 0 {
 			starts += p.admitWaitersLocked()
 		}
@@ -770,4 +770,26 @@ func (p *Pool) Tune(size int) {
 	n := p.admitWaitersLocked()
 	p.mu.Unlock()
 	p.startLoops(n)
+}
+
+// saturated reports whether a task submitted now would find no room: the
+// pool is closed, submitters are waiting for room, or no worker is free and
+// the queue is full.
+func (p *Pool) saturated() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed || len(p.waiters) > 0 || !p.roomLocked()
+}
+
+// countDiscarded counts tasks that were kept for after the response and
+// discarded, never submitted, because the handler panicked: each is counted
+// Submitted and Dropped, so that Stats' sum still adds up.
+func (p *Pool) countDiscarded(tasks []item) {
+	if len(tasks) == 0 {
+		return
+	}
+	p.mu.Lock()
+	p.stats.Submitted += uint64(len(tasks))
+	p.stats.Dropped += uint64(len(tasks))
+	p.mu.Unlock()
 }

@@ -1,0 +1,117 @@
+// Command server is a small HTTP service that runs background work on a
+// bgpool.Pool and shuts down gracefully on SIGTERM or SIGINT.
+//
+//	go run ./examples/server -addr 127.0.0.1:8080 -grace 10s
+//	curl -X POST 'http://127.0.0.1:8080/jobs?duration=2s'   # 202 at once; the job runs after
+//	curl http://127.0.0.1:8080/stats                        # the pool's Stats as JSON
+//	curl http://127.0.0.1:8080/readyz                       # 200, or 503 once shutting down
+//
+// On SIGTERM it stops accepting connections (after -ready-delay, during
+// which /readyz answers 503 and requests are still served), lets in-flight
+// requests finish, lets queued and running jobs finish, and exits 0 if all of
+// that took less than -grace. Jobs still running then are cancelled and
+// counted Abandoned, and it exits 1. Its last line on stdout is the final
+// Stats: "stats: {...}".
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/bgpool/bgpool"
+)
+
+func main() {
+	if err := run(); err != nil {
+		slog.Error("server stopped", "error", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on; port 0 picks a free port")
+	grace := flag.Duration("grace", 10*time.Second, "how long shutdown may take, from SIGTERM to exit")
+	readyDelay := flag.Duration("ready-delay", 0, "how long to keep serving, with /readyz answering 503, before closing the listener")
+	workers := flag.Int("workers", 8, "jobs running at once")
+	queue := flag.Int("queue", 64, "jobs waiting for a worker")
+	flag.Parse()
+
+	// The process stops on SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	context.AfterFunc(ctx, func() { slog.Info("shutting down", "grace", *grace) })
+
+	pool, err := bgpool.New(*workers, bgpool.WithQueueSize(*queue))
+	if err != nil {
+		return err
+	}
+	var ready bgpool.Readiness
+
+	// Requests to /jobs get their pool from the middleware; while the pool
+	// has no room, they are answered 503 without reaching the handler. The
+	// stats and the probe stay outside it, so that they answer under load.
+	withPool := bgpool.Middleware(pool, bgpool.WithShedding(time.Second))
+	mux := http.NewServeMux()
+	mux.Handle("POST /jobs", withPool(http.HandlerFunc(postJob)))
+	mux.Handle("GET /stats", bgpool.StatsHandler(pool))
+	mux.Handle("GET /readyz", &ready)
+
+	srv := &http.Server{
+		Addr:              *addr,
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		// Requests must not inherit ctx, or SIGTERM would cancel the ones in
+		// flight; the listener is printed so that port 0 can be used.
+		BaseContext: func(ln net.Listener) context.Context {
+			fmt.Printf("listening on http://%s\n", ln.Addr())
+			return context.Background()
+		},
+	}
+	err = bgpool.ListenAndServe(ctx, srv, pool, *grace, bgpool.WithShutdownDelay(*readyDelay, &ready))
+
+	stats, _ := json.Marshal(pool.Stats())
+	fmt.Printf("stats: %s\n", stats)
+	return err
+}
+
+// postJob starts a job that takes ?duration= (default 1s) and answers 202 at
+// once, or 503 when the pool has no room for it.
+func postJob(w http.ResponseWriter, r *http.Request) {
+	d := time.Second
+	if s := r.URL.Query().Get("duration"); s != "" {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil {
+			http.Error(w, "bad duration: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+	}
+	err := bgpool.Go(r, func(ctx context.Context) error {
+		select {
+		case <-time.After(d): // the work
+			slog.InfoContext(ctx, "job done", "duration", d)
+			return nil
+		case <-ctx.Done(): // shutdown's deadline passed
+			return ctx.Err()
+		}
+	})
+	switch {
+	case errors.Is(err, bgpool.ErrOverloaded), errors.Is(err, bgpool.ErrClosed):
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too busy, retry later", http.StatusServiceUnavailable)
+	case err != nil:
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+	default:
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintln(w, "accepted")
+	}
+}

@@ -1,0 +1,626 @@
+package bgpool_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"golang.org/x/time/rate"
+
+	"github.com/bgpool/bgpool"
+)
+
+func TestMain(m *testing.M) {
+	// ants starts a package-level pool when it is imported.
+	goleak.VerifyTestMain(m, goleak.IgnoreCurrent())
+}
+
+// newPool returns a pool that is shut down when the test ends.
+func newPool(t *testing.T, size int, opts ...bgpool.Option) *bgpool.Pool {
+	t.Helper()
+	p, err := bgpool.New(size, opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = p.Shutdown(ctx)
+	})
+	return p
+}
+
+func shutdown(t *testing.T, p *bgpool.Pool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, p.Shutdown(ctx))
+}
+
+// gate is a task that tells when it starts and holds its worker until
+// released.
+type gate struct {
+	started chan struct{}
+	release chan struct{}
+}
+
+func newGate(capacity int) *gate {
+	return &gate{started: make(chan struct{}, capacity), release: make(chan struct{})}
+}
+
+func (g *gate) task(ctx context.Context) error {
+	g.started <- struct{}{}
+	<-g.release
+	return nil
+}
+
+func (g *gate) waitStarted(t *testing.T, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		select {
+		case <-g.started:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("only %d of %d gated tasks started", i, n)
+		}
+	}
+}
+
+func (g *gate) open() { close(g.release) }
+
+// fill occupies every worker of p with a gated task and waits until they run.
+func fill(t *testing.T, p *bgpool.Pool, workers int) *gate {
+	t.Helper()
+	g := newGate(workers + 1000)
+	for i := 0; i < workers; i++ {
+		require.NoError(t, p.Submit(context.Background(), g.task))
+	}
+	g.waitStarted(t, workers)
+	return g
+}
+
+func noop(context.Context) error { return nil }
+
+// settled is the sum of the final outcomes in s.
+func settled(s bgpool.Stats) uint64 {
+	return s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned
+}
+
+func TestNewRejectsBadConfiguration(t *testing.T) {
+	tests := []struct {
+		name string
+		size int
+		opts []bgpool.Option
+		want string
+	}{
+		{"size zero", 0, nil, "size must be at least 1"},
+		{"negative size", -3, nil, "size must be at least 1"},
+		{"negative queue size", 1, []bgpool.Option{bgpool.WithQueueSize(-1)}, "queue size must not be negative"},
+		{"nil policy", 1, []bgpool.Option{bgpool.WithPolicy(nil)}, "policy must not be nil"},
+		{"nil policy func", 1, []bgpool.Option{bgpool.WithPolicy(bgpool.PolicyFunc(nil))}, "policy must not be nil"},
+		{"nil option", 1, []bgpool.Option{nil}, "option 0 is nil"},
+		{"negative task timeout", 1, []bgpool.Option{bgpool.WithTaskTimeout(-time.Second)}, "must not be negative"},
+		{"negative max queue wait", 1, []bgpool.Option{bgpool.WithMaxQueueWait(-time.Second)}, "must not be negative"},
+		{"zero rate", 1, []bgpool.Option{bgpool.WithRateLimit(0, 1)}, "limit must be positive"},
+		{"negative rate", 1, []bgpool.Option{bgpool.WithRateLimit(-1, 1)}, "limit must be positive"},
+		{"burst zero", 1, []bgpool.Option{bgpool.WithRateLimit(10, 0)}, "burst must be at least 1"},
+		{"burst zero with rate.Inf", 1, []bgpool.Option{bgpool.WithRateLimit(rate.Inf, 0)}, "burst must be at least 1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := bgpool.New(tt.size, tt.opts...)
+			require.Error(t, err)
+			assert.Nil(t, p)
+			assert.Contains(t, err.Error(), tt.want)
+			assert.Contains(t, err.Error(), "bgpool: ")
+		})
+	}
+}
+
+func TestNewAcceptsValidConfiguration(t *testing.T) {
+	p := newPool(t, 3,
+		bgpool.WithQueueSize(0),
+		bgpool.WithPolicy(bgpool.Reject),
+		bgpool.WithRateLimit(rate.Inf, 1),
+		bgpool.WithTaskTimeout(time.Second),
+		bgpool.WithMaxQueueWait(time.Second),
+		bgpool.WithErrorHandler(nil),
+		bgpool.WithLogger(nil),
+	)
+	s := p.Stats()
+	assert.Equal(t, 3, s.Workers)
+	assert.Equal(t, 0, s.QueueSize)
+
+	p = newPool(t, 5)
+	assert.Equal(t, 5, p.Stats().QueueSize, "the default queue size equals the pool size")
+}
+
+func TestSubmitRejectsBadInput(t *testing.T) {
+	p := newPool(t, 1)
+	//lint:ignore SA1012 a nil context is the bad input under test
+	err := p.Submit(nil, noop) //nolint:staticcheck
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "nil context")
+
+	err = p.Submit(context.Background(), nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "nil task")
+
+	err = p.TrySubmit(context.Background(), nil)
+	require.Error(t, err)
+
+	s := p.Stats()
+	assert.Equal(t, uint64(3), s.Submitted)
+	assert.Equal(t, uint64(3), s.Rejected)
+}
+
+func TestSubmitRunsTasks(t *testing.T) {
+	p := newPool(t, 4)
+	var ran atomic.Int64
+	for i := 0; i < 1000; i++ {
+		require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+			ran.Add(1)
+			return nil
+		}))
+	}
+	shutdown(t, p)
+	assert.Equal(t, int64(1000), ran.Load())
+	s := p.Stats()
+	assert.Equal(t, uint64(1000), s.Submitted)
+	assert.Equal(t, uint64(1000), s.Completed)
+	assert.Equal(t, 0, s.Running)
+	assert.Equal(t, 0, s.Queued)
+}
+
+func TestSubmitAdmitsWithRoomEvenWhenContextIsDone(t *testing.T) {
+	p := newPool(t, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	done := make(chan struct{})
+	require.NoError(t, p.Submit(ctx, func(context.Context) error { close(done); return nil }))
+	<-done
+}
+
+// tracker records how many tasks run at once.
+type tracker struct {
+	cur, peak atomic.Int64
+}
+
+func (tr *tracker) enter() {
+	c := tr.cur.Add(1)
+	for {
+		m := tr.peak.Load()
+		if c <= m || tr.peak.CompareAndSwap(m, c) {
+			return
+		}
+	}
+}
+
+func (tr *tracker) leave() { tr.cur.Add(-1) }
+
+func TestNeverMoreThanSizeTasksRunAtOnce(t *testing.T) {
+	policies := map[string]bgpool.Policy{
+		"Block": bgpool.Block, "Drop": bgpool.Drop, "Reject": bgpool.Reject,
+		"DropOldest": bgpool.DropOldest, "BlockFor": bgpool.BlockFor(time.Millisecond),
+	}
+	for name, policy := range policies {
+		for _, queue := range []int{0, 3, 100} {
+			t.Run(fmt.Sprintf("%s queue=%d", name, queue), func(t *testing.T) {
+				const size = 4
+				p := newPool(t, size, bgpool.WithPolicy(policy), bgpool.WithQueueSize(queue))
+				var tr tracker
+				var maxQueued atomic.Int64
+				task := func(context.Context) error {
+					tr.enter()
+					runtime.Gosched()
+					if q := int64(p.Stats().Queued); q > maxQueued.Load() {
+						maxQueued.Store(q)
+					}
+					tr.leave()
+					return nil
+				}
+				var wg sync.WaitGroup
+				for g := 0; g < 8; g++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for i := 0; i < 500; i++ {
+							_ = p.Submit(context.Background(), task)
+						}
+					}()
+				}
+				wg.Wait()
+				shutdown(t, p)
+				assert.LessOrEqual(t, tr.peak.Load(), int64(size), "peak concurrency")
+				assert.LessOrEqual(t, maxQueued.Load(), int64(queue), "peak queue length")
+				s := p.Stats()
+				assert.Equal(t, uint64(8*500), s.Submitted)
+				assert.Equal(t, s.Submitted, settled(s), "accounting: %+v", s)
+			})
+		}
+	}
+}
+
+func TestQueueStartsTasksInFIFOOrder(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(50))
+	g := fill(t, p, 1)
+	var mu sync.Mutex
+	var order []int
+	for i := 0; i < 50; i++ {
+		require.NoError(t, p.TrySubmit(context.Background(), func(context.Context) error {
+			mu.Lock()
+			order = append(order, i)
+			mu.Unlock()
+			return nil
+		}))
+	}
+	assert.Equal(t, 50, p.Stats().Queued)
+	g.open()
+	shutdown(t, p)
+	want := make([]int, 50)
+	for i := range want {
+		want[i] = i
+	}
+	assert.Equal(t, want, order)
+}
+
+func TestQueueHoldsAtMostQueueSize(t *testing.T) {
+	for _, queue := range []int{0, 1, 5} {
+		t.Run(fmt.Sprintf("queue=%d", queue), func(t *testing.T) {
+			p := newPool(t, 2, bgpool.WithQueueSize(queue), bgpool.WithPolicy(bgpool.Reject))
+			g := fill(t, p, 2)
+			for i := 0; i < queue; i++ {
+				require.NoError(t, p.Submit(context.Background(), noop), "task %d fits the queue", i)
+			}
+			err := p.Submit(context.Background(), noop)
+			assert.ErrorIs(t, err, bgpool.ErrOverloaded)
+			s := p.Stats()
+			assert.Equal(t, queue, s.Queued)
+			assert.Equal(t, 2, s.Running)
+			g.open()
+		})
+	}
+}
+
+func TestHandOffOnlyAdmitsWhenAWorkerIsFree(t *testing.T) {
+	p := newPool(t, 2, bgpool.WithQueueSize(0))
+	g := newGate(2)
+	require.NoError(t, p.TrySubmit(context.Background(), g.task))
+	require.NoError(t, p.TrySubmit(context.Background(), g.task), "a second worker is free")
+	g.waitStarted(t, 2)
+	assert.ErrorIs(t, p.TrySubmit(context.Background(), noop), bgpool.ErrOverloaded)
+	assert.Equal(t, 0, p.Stats().Queued)
+	g.open()
+}
+
+func TestTrySubmitNeverWaitsWhateverThePolicy(t *testing.T) {
+	for name, policy := range map[string]bgpool.Policy{"Block": bgpool.Block, "CallerRuns": bgpool.CallerRuns, "Drop": bgpool.Drop} {
+		t.Run(name, func(t *testing.T) {
+			p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(policy))
+			g := fill(t, p, 1)
+			ran := false
+			err := p.TrySubmit(context.Background(), func(context.Context) error { ran = true; return nil })
+			assert.ErrorIs(t, err, bgpool.ErrOverloaded)
+			assert.False(t, ran)
+			s := p.Stats()
+			assert.Equal(t, uint64(1), s.Rejected)
+			assert.Equal(t, uint64(0), s.Dropped)
+			g.open()
+		})
+	}
+}
+
+func TestTuneGrowsAndShrinksTheCap(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(10))
+	g := newGate(20)
+	for i := 0; i < 5; i++ {
+		require.NoError(t, p.Submit(context.Background(), g.task))
+	}
+	g.waitStarted(t, 1)
+	assert.Equal(t, 1, p.Stats().Running)
+
+	p.Tune(4)
+	g.waitStarted(t, 3)
+	s := p.Stats()
+	assert.Equal(t, 4, s.Workers)
+	assert.Equal(t, 4, s.Running)
+	assert.Equal(t, 1, s.Queued)
+
+	p.Tune(0)  // ignored
+	p.Tune(-1) // ignored
+	assert.Equal(t, 4, p.Stats().Workers)
+
+	// Shrink to 2: running tasks finish, and no more than 2 run afterwards.
+	p.Tune(2)
+	var tr tracker
+	for i := 0; i < 5; i++ {
+		require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+			tr.enter()
+			defer tr.leave()
+			time.Sleep(time.Millisecond)
+			return nil
+		}))
+	}
+	g.open()
+	shutdown(t, p)
+	assert.LessOrEqual(t, tr.peak.Load(), int64(2))
+	s = p.Stats()
+	assert.Equal(t, uint64(10), s.Completed)
+}
+
+func TestTuneUnderLoadNeverExceedsTheCap(t *testing.T) {
+	p := newPool(t, 8, bgpool.WithQueueSize(16))
+	var tr tracker
+	var cap atomic.Int64
+	cap.Store(8)
+	var violations atomic.Int64
+	task := func(context.Context) error {
+		tr.enter()
+		// A task may start only while the running count fits the cap in
+		// force when it started; Tune changes the cap concurrently, so we
+		// compare with the largest cap the test has set since then.
+		if tr.cur.Load() > 8 {
+			violations.Add(1)
+		}
+		runtime.Gosched()
+		tr.leave()
+		return nil
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sizes := []int{1, 8, 3, 5, 2, 8}
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			n := sizes[i%len(sizes)]
+			cap.Store(int64(n))
+			p.Tune(n)
+			time.Sleep(100 * time.Microsecond)
+		}
+	}()
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 2000; i++ {
+				_ = p.Submit(context.Background(), task)
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	shutdown(t, p)
+	assert.Zero(t, violations.Load())
+	assert.LessOrEqual(t, tr.peak.Load(), int64(8))
+	s := p.Stats()
+	assert.Equal(t, s.Submitted, settled(s))
+	assert.Equal(t, uint64(8000), s.Completed, "Block loses nothing")
+}
+
+func TestShutdownDrainsQueuedAndRunningTasks(t *testing.T) {
+	p := newPool(t, 2, bgpool.WithQueueSize(10))
+	g := fill(t, p, 2)
+	var ran atomic.Int64
+	for i := 0; i < 10; i++ {
+		require.NoError(t, p.Submit(context.Background(), func(context.Context) error { ran.Add(1); return nil }))
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Shutdown(context.Background()) }()
+
+	// Shutdown stops admitting at once.
+	require.Eventually(t, func() bool {
+		return errors.Is(p.Submit(context.Background(), noop), bgpool.ErrClosed)
+	}, 5*time.Second, time.Millisecond)
+	assert.ErrorIs(t, p.TrySubmit(context.Background(), noop), bgpool.ErrClosed)
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned %v while tasks were running", err)
+	default:
+	}
+
+	g.open()
+	require.NoError(t, <-done)
+	assert.Equal(t, int64(10), ran.Load())
+	s := p.Stats()
+	assert.Equal(t, uint64(12), s.Completed)
+	assert.Equal(t, s.Submitted-12, s.Rejected, "submits after Shutdown are counted Rejected")
+	assert.Equal(t, s.Submitted, settled(s))
+	require.NoError(t, p.Shutdown(context.Background()), "a second Shutdown is fine")
+}
+
+func TestShutdownDeadlineAbandonsAndCancelsTasks(t *testing.T) {
+	p := newPool(t, 2, bgpool.WithQueueSize(5))
+	started := make(chan struct{}, 2)
+	cancelled := make(chan error, 2)
+	ignoring := make(chan struct{})
+	// One task honours its context, one ignores it until released.
+	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+		started <- struct{}{}
+		<-ctx.Done()
+		cancelled <- context.Cause(ctx)
+		return ctx.Err()
+	}))
+	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+		started <- struct{}{}
+		<-ignoring
+		return nil
+	}))
+	<-started
+	<-started
+	for i := 0; i < 3; i++ {
+		require.NoError(t, p.Submit(context.Background(), noop))
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := p.Shutdown(ctx)
+	elapsed := time.Since(start)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Contains(t, err.Error(), "abandoned 5 tasks (3 queued, 2 running)")
+	assert.Less(t, elapsed, 2*time.Second, "Shutdown returns at its deadline")
+
+	cause := <-cancelled
+	assert.ErrorContains(t, cause, "shutdown deadline passed")
+
+	s := p.Stats()
+	assert.Equal(t, uint64(5), s.Abandoned)
+	close(ignoring)
+
+	// The tasks returning later are not counted again.
+	require.Eventually(t, func() bool { return p.Stats().Running == 0 }, 5*time.Second, time.Millisecond)
+	s = p.Stats()
+	assert.Equal(t, uint64(5), s.Abandoned)
+	assert.Equal(t, uint64(0), s.Completed+s.Failed)
+	assert.Equal(t, s.Submitted, settled(s))
+
+	err = p.Shutdown(context.Background())
+	assert.ErrorContains(t, err, "5 tasks were abandoned")
+}
+
+func TestShutdownConcurrentCallsAllWait(t *testing.T) {
+	p := newPool(t, 2)
+	g := fill(t, p, 2)
+	errs := make(chan error, 4)
+	for i := 0; i < 4; i++ {
+		go func() { errs <- p.Shutdown(context.Background()) }()
+	}
+	require.Eventually(t, func() bool {
+		return errors.Is(p.TrySubmit(context.Background(), noop), bgpool.ErrClosed)
+	}, 5*time.Second, time.Millisecond)
+	select {
+	case err := <-errs:
+		t.Fatalf("Shutdown returned %v before the tasks finished", err)
+	default:
+	}
+	g.open()
+	for i := 0; i < 4; i++ {
+		assert.NoError(t, <-errs)
+	}
+}
+
+func TestShutdownFromInsideATaskDoesNotDeadlock(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(2))
+	returned := make(chan error, 1)
+	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+		returned <- p.Shutdown(ctx)
+		return nil
+	}))
+	select {
+	case err := <-returned:
+		assert.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown called from a task did not return")
+	}
+	assert.ErrorIs(t, p.Submit(context.Background(), noop), bgpool.ErrClosed)
+	shutdown(t, p)
+}
+
+func TestTaskSubmittingToItsOwnFullPoolDoesNotDeadlock(t *testing.T) {
+	policies := map[string]bgpool.Policy{
+		"Block": bgpool.Block, "BlockFor": bgpool.BlockFor(10 * time.Millisecond), "Drop": bgpool.Drop,
+		"Reject": bgpool.Reject, "DropOldest": bgpool.DropOldest, "CallerRuns": bgpool.CallerRuns,
+	}
+	for name, policy := range policies {
+		t.Run(name, func(t *testing.T) {
+			p := newPool(t, 1, bgpool.WithQueueSize(1), bgpool.WithPolicy(policy))
+			results := make(chan error, 1)
+			require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+				// The queue takes the first; the second overflows while this
+				// task holds the only worker.
+				_ = p.Submit(ctx, noop)
+				wctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+				defer cancel()
+				results <- p.Submit(wctx, noop)
+				return nil
+			}))
+			select {
+			case err := <-results:
+				if name == "Block" || name == "BlockFor" || name == "Reject" {
+					assert.ErrorIs(t, err, bgpool.ErrOverloaded)
+				} else {
+					assert.NoError(t, err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("a task submitting to its own full pool deadlocked")
+			}
+			shutdown(t, p)
+			s := p.Stats()
+			assert.Equal(t, s.Submitted, settled(s))
+		})
+	}
+}
+
+func TestAccountingInvariantUnderConcurrentLoadWithShutdown(t *testing.T) {
+	policies := map[string]bgpool.Policy{
+		"Block": bgpool.Block, "BlockFor": bgpool.BlockFor(time.Millisecond), "Drop": bgpool.Drop,
+		"Reject": bgpool.Reject, "DropOldest": bgpool.DropOldest, "CallerRuns": bgpool.CallerRuns,
+	}
+	for name, policy := range policies {
+		t.Run(name, func(t *testing.T) {
+			p, err := bgpool.New(4, bgpool.WithQueueSize(8), bgpool.WithPolicy(policy),
+				bgpool.WithErrorHandler(func(context.Context, error) {}))
+			require.NoError(t, err)
+			var calls atomic.Uint64
+			task := func(ctx context.Context) error {
+				switch calls.Add(1) % 5 {
+				case 0:
+					return errors.New("failed")
+				case 1:
+					panic("boom")
+				case 2:
+					select {
+					case <-ctx.Done():
+					case <-time.After(time.Millisecond):
+					}
+				}
+				return nil
+			}
+			var wg sync.WaitGroup
+			var submitted atomic.Uint64
+			for g := 0; g < 16; g++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := 0; i < 300; i++ {
+						ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+						if i%2 == 0 {
+							_ = p.Submit(ctx, task)
+						} else {
+							_ = p.TrySubmit(ctx, task)
+						}
+						cancel()
+						submitted.Add(1)
+					}
+				}()
+			}
+			time.Sleep(5 * time.Millisecond)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Millisecond)
+			_ = p.Shutdown(ctx) // may abandon
+			cancel()
+			wg.Wait()
+			// Wait for the drain; an error here only repeats the abandonment.
+			if err := p.Shutdown(context.Background()); err != nil {
+				assert.ErrorContains(t, err, "abandoned by an earlier Shutdown")
+			}
+			s := p.Stats()
+			assert.Equal(t, submitted.Load(), s.Submitted)
+			assert.Equal(t, s.Submitted, settled(s), "Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned: %+v", s)
+			assert.Zero(t, s.Running)
+			assert.Zero(t, s.Queued)
+		})
+	}
+}
