@@ -351,7 +351,11 @@ func (p *Pool) taskExited() {
 	n := p.ensurePickersLocked()
 	p.checkDrainedLocked()
 	p.mu.Unlock()
-	p.startLoops(n)
+	if n > 0 {
+		// ants counts this dying goroutine until it has exited, so the
+		// replacement must be started from elsewhere.
+		go p.startLoops(n)
+	}
 }
 
 // nextLocked returns the next task for a worker loop, already counted in

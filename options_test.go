@@ -1,0 +1,302 @@
+package bgpool_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/time/rate"
+
+	"github.com/bgpool/bgpool"
+)
+
+func TestTaskContextKeepsValuesButNotCancellation(t *testing.T) {
+	p := newPool(t, 1)
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), valueKey{}, "trace-42"))
+	release := make(chan struct{})
+	type seen struct {
+		value any
+		err   error
+		cause error
+		child error
+	}
+	result := make(chan seen, 1)
+	require.NoError(t, p.Submit(ctx, func(ctx context.Context) error {
+		<-release
+		child, stop := context.WithCancel(ctx)
+		defer stop()
+		result <- seen{ctx.Value(valueKey{}), ctx.Err(), context.Cause(ctx), child.Err()}
+		return nil
+	}))
+	cancel() // the request is over
+	close(release)
+	got := <-result
+	assert.Equal(t, "trace-42", got.value)
+	assert.NoError(t, got.err, "the submitter's cancellation does not reach the task")
+	assert.NoError(t, got.cause, "context.Cause does not report the submitter's cause")
+	assert.NoError(t, got.child)
+}
+
+func TestTaskTimeoutCancelsTheTaskContext(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, err := bgpool.New(2, bgpool.WithTaskTimeout(time.Second),
+			bgpool.WithErrorHandler(func(context.Context, error) {}))
+		require.NoError(t, err)
+		type seen struct {
+			deadline time.Time
+			err      error
+			after    time.Duration
+		}
+		result := make(chan seen, 1)
+		start := time.Now()
+		require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+			d, _ := ctx.Deadline()
+			<-ctx.Done()
+			result <- seen{d, ctx.Err(), time.Since(start)}
+			return ctx.Err()
+		}))
+		got := <-result
+		assert.Equal(t, start.Add(time.Second), got.deadline)
+		assert.ErrorIs(t, got.err, context.DeadlineExceeded)
+		assert.Equal(t, time.Second, got.after)
+		require.NoError(t, p.Shutdown(context.Background()))
+		assert.Equal(t, uint64(1), p.Stats().Failed)
+	})
+}
+
+func TestPanicsAreRecoveredCountedAndReported(t *testing.T) {
+	var mu sync.Mutex
+	var handled []error
+	sentinel := errors.New("sentinel")
+	p := newPool(t, 1, bgpool.WithErrorHandler(func(_ context.Context, err error) {
+		mu.Lock()
+		handled = append(handled, err)
+		mu.Unlock()
+	}))
+	require.NoError(t, p.Submit(context.Background(), func(context.Context) error { panic("boom") }))
+	require.NoError(t, p.Submit(context.Background(), func(context.Context) error { panic(sentinel) }))
+	after := make(chan struct{})
+	require.NoError(t, p.Submit(context.Background(), func(context.Context) error { close(after); return nil }))
+	<-after // the single worker survived both panics
+	shutdown(t, p)
+
+	s := p.Stats()
+	assert.Equal(t, uint64(2), s.Panicked)
+	assert.Equal(t, uint64(1), s.Completed)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, handled, 2)
+	var pe *bgpool.PanicError
+	require.ErrorAs(t, handled[0], &pe)
+	assert.Equal(t, "boom", pe.Value)
+	assert.Contains(t, string(pe.Stack), "TestPanicsAreRecoveredCountedAndReported")
+	assert.EqualError(t, pe, "bgpool: task panicked: boom")
+	assert.NoError(t, pe.Unwrap())
+	assert.ErrorIs(t, handled[1], sentinel, "Unwrap exposes an error panic value")
+}
+
+func TestErrorHandlerRunsBeforeTheTaskCountsAsFinished(t *testing.T) {
+	var p *bgpool.Pool
+	type seen struct {
+		running int
+		failed  uint64
+		value   any
+	}
+	result := make(chan seen, 1)
+	p = newPool(t, 1, bgpool.WithErrorHandler(func(ctx context.Context, err error) {
+		s := p.Stats()
+		result <- seen{s.Running, s.Failed, ctx.Value(valueKey{})}
+	}))
+	ctx := context.WithValue(context.Background(), valueKey{}, "v")
+	require.NoError(t, p.Submit(ctx, func(context.Context) error { return errors.New("fail") }))
+	got := <-result
+	assert.Equal(t, 1, got.running)
+	assert.Equal(t, uint64(0), got.failed)
+	assert.Equal(t, "v", got.value, "the handler gets the task's context")
+	shutdown(t, p)
+	assert.Equal(t, uint64(1), p.Stats().Failed)
+}
+
+func TestDefaultErrorHandlerLogsToTheLogger(t *testing.T) {
+	var buf syncBuffer
+	logger := slog.New(slog.NewTextHandler(&buf, nil))
+	p := newPool(t, 1, bgpool.WithLogger(logger))
+	require.NoError(t, p.Submit(context.Background(), func(context.Context) error { return errors.New("disk full") }))
+	require.NoError(t, p.Submit(context.Background(), func(context.Context) error { panic("kaboom") }))
+	shutdown(t, p)
+	out := buf.String()
+	assert.Contains(t, out, `msg="bgpool: task failed" error="disk full"`)
+	assert.Contains(t, out, `msg="bgpool: task panicked" panic=kaboom stack=`)
+}
+
+func TestPanickingErrorHandlerIsRecovered(t *testing.T) {
+	var buf syncBuffer
+	p := newPool(t, 1, bgpool.WithLogger(slog.New(slog.NewTextHandler(&buf, nil))),
+		bgpool.WithErrorHandler(func(context.Context, error) { panic("handler bug") }))
+	require.NoError(t, p.Submit(context.Background(), func(context.Context) error { return errors.New("x") }))
+	require.NoError(t, p.Submit(context.Background(), noop))
+	shutdown(t, p)
+	s := p.Stats()
+	assert.Equal(t, uint64(1), s.Failed)
+	assert.Equal(t, uint64(1), s.Completed)
+	assert.Contains(t, buf.String(), "error handler panicked")
+}
+
+func TestTaskCallingGoexitIsCountedAndReplaced(t *testing.T) {
+	p := newPool(t, 1)
+	require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+		runtime.Goexit()
+		return nil
+	}))
+	done := make(chan struct{})
+	require.NoError(t, p.Submit(context.Background(), func(context.Context) error { close(done); return nil }))
+	<-done
+	shutdown(t, p)
+	s := p.Stats()
+	assert.Equal(t, uint64(1), s.Failed)
+	assert.Equal(t, uint64(1), s.Completed)
+}
+
+func TestRateLimitCapsTaskStarts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const limit, burst, tasks = 10, 3, 30
+		p, err := bgpool.New(4, bgpool.WithQueueSize(tasks), bgpool.WithRateLimit(limit, burst))
+		require.NoError(t, err)
+		var mu sync.Mutex
+		var starts []time.Time
+		begin := time.Now()
+		for i := 0; i < tasks; i++ {
+			require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+				mu.Lock()
+				starts = append(starts, time.Now())
+				mu.Unlock()
+				return nil
+			}))
+		}
+		assert.Equal(t, begin, time.Now(), "Submit never waits for a token")
+		require.NoError(t, p.Shutdown(context.Background()))
+
+		require.Len(t, starts, tasks)
+		// Token bucket: any k consecutive starts span at least (k-burst)/limit.
+		for i := range starts {
+			for j := i + burst; j < len(starts); j++ {
+				minSpan := time.Duration(float64(j-i+1-burst) / limit * float64(time.Second))
+				assert.GreaterOrEqual(t, starts[j].Sub(starts[i]), minSpan-time.Millisecond,
+					"starts %d..%d", i, j)
+			}
+		}
+		total := starts[len(starts)-1].Sub(begin)
+		want := time.Duration(float64(tasks-burst) / limit * float64(time.Second))
+		assert.InDelta(t, want.Seconds(), total.Seconds(), 0.01, "the queue drains at the rate")
+	})
+}
+
+func TestRateLimitHoldsNoWorkerWhileWaitingForATokenAndAdmitsOnlyWhatFits(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, err := bgpool.New(4, bgpool.WithQueueSize(2), bgpool.WithRateLimit(1, 1), bgpool.WithPolicy(bgpool.Reject))
+		require.NoError(t, err)
+		base := runtime.NumGoroutine()
+		for i := 0; i < 3; i++ {
+			require.NoError(t, p.Submit(context.Background(), noop), "task %d", i)
+		}
+		synctest.Wait()
+		// One task took the only token; two wait in the queue for tokens,
+		// and with the queue full the next is rejected even though workers
+		// are free: a free worker cannot start it before its token.
+		assert.ErrorIs(t, p.Submit(context.Background(), noop), bgpool.ErrOverloaded)
+		s := p.Stats()
+		assert.Equal(t, 2, s.Queued)
+		assert.Equal(t, uint64(1), s.Completed)
+		// No worker goroutine is parked waiting for the token: only ants'
+		// two housekeeping goroutines remain beside the ones we had.
+		assert.LessOrEqual(t, runtime.NumGoroutine(), base+2)
+
+		time.Sleep(2*time.Second + time.Millisecond) // a token a second
+		synctest.Wait()
+		assert.Equal(t, uint64(3), p.Stats().Completed)
+		require.NoError(t, p.Shutdown(context.Background()))
+	})
+}
+
+func TestRateInfMeansNoLimit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, err := bgpool.New(2, bgpool.WithQueueSize(100), bgpool.WithRateLimit(rate.Inf, 1))
+		require.NoError(t, err)
+		begin := time.Now()
+		for i := 0; i < 100; i++ {
+			require.NoError(t, p.Submit(context.Background(), noop))
+		}
+		require.NoError(t, p.Shutdown(context.Background()))
+		assert.Equal(t, begin, time.Now())
+		assert.Equal(t, uint64(100), p.Stats().Completed)
+	})
+}
+
+func TestMaxQueueWaitDropsTasksThatWaitedTooLong(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, err := bgpool.New(1, bgpool.WithQueueSize(5), bgpool.WithMaxQueueWait(time.Second))
+		require.NoError(t, err)
+		release := make(chan struct{})
+		require.NoError(t, p.Submit(context.Background(), func(context.Context) error { <-release; return nil }))
+		ran := 0
+		for i := 0; i < 3; i++ {
+			require.NoError(t, p.Submit(context.Background(), func(context.Context) error { ran++; return nil }))
+		}
+		time.Sleep(2 * time.Second) // the queued tasks expire
+		require.NoError(t, p.Submit(context.Background(), func(context.Context) error { ran++; return nil }))
+		close(release)
+		require.NoError(t, p.Shutdown(context.Background()))
+		s := p.Stats()
+		assert.Equal(t, uint64(3), s.Dropped)
+		assert.Equal(t, uint64(2), s.Completed)
+		assert.Equal(t, 1, ran)
+	})
+}
+
+func TestShutdownDeadlineWithFakeTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, err := bgpool.New(1)
+		require.NoError(t, err)
+		require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+			<-ctx.Done()
+			return ctx.Err()
+		}))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		start := time.Now()
+		err = p.Shutdown(ctx)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.Equal(t, 30*time.Second, time.Since(start), "Shutdown returns exactly at its deadline")
+		synctest.Wait()
+		assert.Equal(t, uint64(1), p.Stats().Abandoned)
+	})
+}
+
+// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+var _ io.Writer = (*syncBuffer)(nil)
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

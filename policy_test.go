@@ -1,0 +1,278 @@
+package bgpool_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/bgpool/bgpool"
+)
+
+func TestBlockWaitsForRoom(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(0))
+	g := fill(t, p, 1)
+	ran := make(chan struct{})
+	submitted := make(chan error, 1)
+	go func() {
+		submitted <- p.Submit(context.Background(), func(context.Context) error { close(ran); return nil })
+	}()
+	select {
+	case err := <-submitted:
+		t.Fatalf("Submit returned %v while the pool was full", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	g.open()
+	require.NoError(t, <-submitted)
+	<-ran
+}
+
+func TestBlockGivesUpWhenTheContextEnds(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(0))
+	g := fill(t, p, 1)
+	defer g.open()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	err := p.Submit(ctx, noop)
+	assert.ErrorIs(t, err, bgpool.ErrOverloaded)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Equal(t, uint64(1), p.Stats().Rejected)
+
+	ctx, cancel = context.WithCancel(context.Background())
+	cancel()
+	err = p.Submit(ctx, noop)
+	assert.ErrorIs(t, err, bgpool.ErrOverloaded)
+	assert.ErrorIs(t, err, context.Canceled)
+}
+
+func TestBlockIsInterruptedByShutdown(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(0))
+	g := fill(t, p, 1)
+	submitted := make(chan error, 1)
+	go func() { submitted <- p.Submit(context.Background(), noop) }()
+	require.Eventually(t, func() bool { return p.Stats().Submitted == 2 }, 5*time.Second, time.Millisecond)
+	shut := make(chan error, 1)
+	go func() { shut <- p.Shutdown(context.Background()) }()
+	assert.ErrorIs(t, <-submitted, bgpool.ErrClosed)
+	g.open()
+	require.NoError(t, <-shut)
+	s := p.Stats()
+	assert.Equal(t, uint64(1), s.Rejected)
+	assert.Equal(t, s.Submitted, settled(s))
+}
+
+func TestBlockAdmitsWaitersInFIFOOrder(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(0))
+	g := fill(t, p, 1)
+	var mu sync.Mutex
+	var order []int
+	var wg sync.WaitGroup
+	for i := 0; i < 5; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = p.Submit(context.Background(), func(context.Context) error {
+				mu.Lock()
+				order = append(order, i)
+				mu.Unlock()
+				return nil
+			})
+		}()
+		// Each submitter is waiting before the next one starts.
+		require.Eventually(t, func() bool { return p.Stats().Submitted == uint64(2+i) }, 5*time.Second, time.Millisecond)
+		time.Sleep(time.Millisecond)
+	}
+	g.open()
+	wg.Wait()
+	shutdown(t, p)
+	assert.Equal(t, []int{0, 1, 2, 3, 4}, order)
+}
+
+func TestBlockForWaitsAtMostD(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.BlockFor(20*time.Millisecond)))
+	g := fill(t, p, 1)
+	defer g.open()
+	start := time.Now()
+	err := p.Submit(context.Background(), noop)
+	elapsed := time.Since(start)
+	assert.ErrorIs(t, err, bgpool.ErrOverloaded)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.GreaterOrEqual(t, elapsed, 20*time.Millisecond)
+
+	p2 := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.BlockFor(0)))
+	g2 := fill(t, p2, 1)
+	defer g2.open()
+	assert.ErrorIs(t, p2.Submit(context.Background(), noop), bgpool.ErrOverloaded)
+}
+
+func TestBlockForSucceedsWhenRoomAppearsInTime(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.BlockFor(10*time.Second)))
+	g := fill(t, p, 1)
+	go func() {
+		time.Sleep(5 * time.Millisecond)
+		g.open()
+	}()
+	require.NoError(t, p.Submit(context.Background(), noop))
+}
+
+func TestDropDiscardsTheNewTask(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(1), bgpool.WithPolicy(bgpool.Drop))
+	g := fill(t, p, 1)
+	kept := make(chan struct{})
+	require.NoError(t, p.Submit(context.Background(), func(context.Context) error { close(kept); return nil }))
+	ran := false
+	require.NoError(t, p.Submit(context.Background(), func(context.Context) error { ran = true; return nil }), "Drop returns nil")
+	g.open()
+	shutdown(t, p)
+	<-kept
+	assert.False(t, ran)
+	s := p.Stats()
+	assert.Equal(t, uint64(1), s.Dropped)
+	assert.Equal(t, uint64(2), s.Completed)
+}
+
+func TestRejectReturnsErrOverloadedAtOnce(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(1), bgpool.WithPolicy(bgpool.Reject))
+	g := fill(t, p, 1)
+	require.NoError(t, p.Submit(context.Background(), noop))
+	err := p.Submit(context.Background(), noop)
+	assert.ErrorIs(t, err, bgpool.ErrOverloaded)
+	assert.Equal(t, uint64(1), p.Stats().Rejected)
+	g.open()
+}
+
+func TestDropOldestDropsTheOldestQueuedTask(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(2), bgpool.WithPolicy(bgpool.DropOldest))
+	g := fill(t, p, 1)
+	var mu sync.Mutex
+	var ran []string
+	task := func(name string) bgpool.Task {
+		return func(context.Context) error {
+			mu.Lock()
+			ran = append(ran, name)
+			mu.Unlock()
+			return nil
+		}
+	}
+	for _, name := range []string{"a", "b", "c", "d"} {
+		require.NoError(t, p.Submit(context.Background(), task(name)))
+	}
+	assert.Equal(t, 2, p.Stats().Queued)
+	g.open()
+	shutdown(t, p)
+	assert.Equal(t, []string{"c", "d"}, ran)
+	assert.Equal(t, uint64(2), p.Stats().Dropped)
+}
+
+func TestDropOldestWithoutAQueueDropsTheNewTask(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.DropOldest))
+	g := fill(t, p, 1)
+	require.NoError(t, p.Submit(context.Background(), noop))
+	assert.Equal(t, uint64(1), p.Stats().Dropped)
+	g.open()
+}
+
+type valueKey struct{}
+
+func TestCallerRunsRunsOnTheSubmittingGoroutine(t *testing.T) {
+	var handled []error
+	var mu sync.Mutex
+	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.CallerRuns),
+		bgpool.WithTaskTimeout(time.Hour),
+		bgpool.WithErrorHandler(func(_ context.Context, err error) {
+			mu.Lock()
+			handled = append(handled, err)
+			mu.Unlock()
+		}))
+	g := fill(t, p, 1)
+	defer g.open()
+
+	ctx := context.WithValue(context.Background(), valueKey{}, "v")
+	ran := false
+	var sawValue any
+	var hasDeadline bool
+	err := p.Submit(ctx, func(ctx context.Context) error {
+		ran = true // no synchronisation needed: same goroutine, or the race detector complains
+		sawValue = ctx.Value(valueKey{})
+		_, hasDeadline = ctx.Deadline()
+		return nil
+	})
+	require.NoError(t, err)
+	assert.True(t, ran, "the task ran before Submit returned")
+	assert.Equal(t, "v", sawValue)
+	assert.True(t, hasDeadline, "the task timeout applies")
+
+	require.NoError(t, p.Submit(ctx, func(context.Context) error { panic("caller boom") }), "a panic is recovered")
+	require.NoError(t, p.Submit(ctx, func(context.Context) error { return errors.New("caller fail") }))
+
+	s := p.Stats()
+	assert.Equal(t, uint64(1), s.Completed)
+	assert.Equal(t, uint64(1), s.Panicked)
+	assert.Equal(t, uint64(1), s.Failed)
+	assert.Equal(t, 1, s.Running, "CallerRuns tasks are not counted as Running")
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, handled, 2)
+	var pe *bgpool.PanicError
+	assert.ErrorAs(t, handled[0], &pe)
+	assert.EqualError(t, handled[1], "caller fail")
+}
+
+func TestCustomPolicyCanCombineActions(t *testing.T) {
+	blockThenDrop := bgpool.PolicyFunc(func(ctx context.Context, o *bgpool.Overflow) error {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Millisecond)
+		defer cancel()
+		if err := o.Wait(ctx); err == nil {
+			return nil
+		}
+		return o.Drop()
+	})
+	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(blockThenDrop))
+	g := fill(t, p, 1)
+	require.NoError(t, p.Submit(context.Background(), noop))
+	assert.Equal(t, uint64(1), p.Stats().Dropped)
+	g.open()
+}
+
+func TestPolicyThatSettlesNothingCountsTheTaskRejected(t *testing.T) {
+	custom := errors.New("custom refusal")
+	tests := []struct {
+		name    string
+		returns error
+		want    error
+	}{
+		{"returns nil", nil, bgpool.ErrOverloaded},
+		{"returns its own error", custom, custom},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lazy := bgpool.PolicyFunc(func(context.Context, *bgpool.Overflow) error { return tt.returns })
+			p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(lazy))
+			g := fill(t, p, 1)
+			defer g.open()
+			assert.ErrorIs(t, p.Submit(context.Background(), noop), tt.want)
+			assert.Equal(t, uint64(1), p.Stats().Rejected)
+		})
+	}
+}
+
+func TestOverflowActionsSettleOnlyOnce(t *testing.T) {
+	var second error
+	twice := bgpool.PolicyFunc(func(_ context.Context, o *bgpool.Overflow) error {
+		err := o.Drop()
+		second = o.Reject()
+		return err
+	})
+	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(twice))
+	g := fill(t, p, 1)
+	defer g.open()
+	require.NoError(t, p.Submit(context.Background(), noop))
+	assert.ErrorContains(t, second, "already settled")
+	s := p.Stats()
+	assert.Equal(t, uint64(1), s.Dropped)
+	assert.Equal(t, uint64(0), s.Rejected)
+}
