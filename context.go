@@ -2,6 +2,8 @@ package bgpool
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -42,3 +44,89 @@ func newTaskContext(pool, ctx context.Context) context.Context {
 	}
 	return &taskContext{pool: pool, values: ctx}
 }
+
+// deadlineContext is the context of a task run with WithTaskTimeout. It
+// reports its deadline and expiry from the clock alone and builds a real
+// context.WithDeadline, with its timer and its registration under the pool's
+// context, only when the task first asks for Done (directly, or by deriving
+// a context from it): a task that never waits on its context pays one small
+// allocation and no timer.
+type deadlineContext struct {
+	pool     context.Context // the pool's context: cancellation and poolKey
+	values   context.Context // the submitter's context, for values only; nil for none
+	deadline time.Time
+	inner    atomic.Pointer[deadlineState] // set once, on first use of Done
+	mu       sync.Mutex                    // serialises the creation of inner
+}
+
+type deadlineState struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func newDeadlineContext(pool, ctx context.Context, deadline time.Time) *deadlineContext {
+	c := &deadlineContext{pool: pool, deadline: deadline}
+	if ctx != context.Background() && ctx != context.TODO() {
+		c.values = ctx
+	}
+	return c
+}
+
+// real returns the context.WithDeadline that backs Done, creating it on
+// first use.
+func (c *deadlineContext) real() context.Context {
+	if s := c.inner.Load(); s != nil {
+		return s.ctx
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.inner.Load(); s != nil {
+		return s.ctx
+	}
+	ctx, cancel := context.WithDeadline(c.pool, c.deadline)
+	c.inner.Store(&deadlineState{ctx, cancel})
+	return ctx
+}
+
+// release stops the timer, if one was made; the worker calls it when the
+// task returns.
+func (c *deadlineContext) release() {
+	if s := c.inner.Load(); s != nil {
+		s.cancel()
+	}
+}
+
+func (c *deadlineContext) Deadline() (time.Time, bool) { return c.deadline, true }
+func (c *deadlineContext) Done() <-chan struct{}       { return c.real().Done() }
+
+func (c *deadlineContext) Err() error {
+	if s := c.inner.Load(); s != nil {
+		return s.ctx.Err()
+	}
+	if err := c.pool.Err(); err != nil {
+		return err
+	}
+	if !time.Now().Before(c.deadline) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// Value answers the context package's own cancellation key (the only key
+// besides poolKey that the pool's context answers) from the real deadline
+// context, so that context.Cause and derived contexts see the deadline;
+// every other key from the submitter's context.
+func (c *deadlineContext) Value(key any) any {
+	if v := c.pool.Value(key); v != nil {
+		if _, ours := key.(poolKey); ours {
+			return v
+		}
+		return c.real().Value(key)
+	}
+	if c.values == nil {
+		return nil
+	}
+	return c.values.Value(key)
+}
+
+func (c *deadlineContext) String() string { return "bgpool.deadlineContext" }

@@ -33,6 +33,7 @@ type options struct {
 	maxQueueWait time.Duration
 	onError      func(context.Context, error)
 	logger       *slog.Logger
+	observer     func(TaskEvent)
 }
 
 // setDefaults fills in every default in one place.

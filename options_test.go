@@ -300,3 +300,51 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+func TestTaskTimeoutContextBehavesLikeContextWithDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, err := bgpool.New(1, bgpool.WithTaskTimeout(time.Second),
+			bgpool.WithErrorHandler(func(context.Context, error) {}))
+		require.NoError(t, err)
+		type seen struct {
+			value                 any
+			errBefore, errAfter   error
+			cause, childErr       error
+			childDeadline         time.Time
+			taskDeadline          time.Time
+			afterFuncRan, stopped bool
+		}
+		result := make(chan seen, 1)
+		ctx := context.WithValue(context.Background(), valueKey{}, "v")
+		require.NoError(t, p.Submit(ctx, func(ctx context.Context) error {
+			var s seen
+			s.value = ctx.Value(valueKey{})
+			s.errBefore = ctx.Err()
+			s.taskDeadline, _ = ctx.Deadline()
+			// A task that never calls Done still sees the deadline pass.
+			time.Sleep(2 * time.Second)
+			s.errAfter = ctx.Err()
+			s.cause = context.Cause(ctx)
+			child, cancel := context.WithTimeout(ctx, time.Hour)
+			defer cancel()
+			s.childDeadline, _ = child.Deadline()
+			<-child.Done()
+			s.childErr = child.Err()
+			ran := make(chan struct{})
+			context.AfterFunc(ctx, func() { close(ran) })
+			<-ran
+			s.afterFuncRan = true
+			result <- s
+			return nil
+		}))
+		got := <-result
+		assert.Equal(t, "v", got.value)
+		assert.NoError(t, got.errBefore)
+		assert.ErrorIs(t, got.errAfter, context.DeadlineExceeded)
+		assert.ErrorIs(t, got.cause, context.DeadlineExceeded)
+		assert.Equal(t, got.taskDeadline, got.childDeadline, "a child inherits the earlier deadline")
+		assert.ErrorIs(t, got.childErr, context.DeadlineExceeded)
+		assert.True(t, got.afterFuncRan)
+		require.NoError(t, p.Shutdown(context.Background()))
+	})
+}

@@ -137,7 +137,7 @@ func (o *Overflow) Drop() error {
 		return errSettled
 	}
 	o.settled = true
-	o.pool.countDropped(o.ctx)
+	o.pool.drop()
 	return nil
 }
 
@@ -147,8 +147,7 @@ func (o *Overflow) Reject() error {
 		return errSettled
 	}
 	o.settled = true
-	o.pool.countRejected(o.ctx)
-	return ErrOverloaded
+	return o.pool.reject(ErrOverloaded)
 }
 
 // DropOldest discards the oldest queued task, counting it Dropped, queues

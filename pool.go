@@ -63,7 +63,7 @@ type Pool struct {
 	ants    *ants.Pool
 	limiter *rate.Limiter // nil without a rate limit
 	loopFn  func()        // p.loop, bound once so that starting a worker does not allocate
-	stamp   bool          // tasks need their admission time (WithMaxQueueWait)
+	stamp   bool          // tasks need their admission time (WithMaxQueueWait, WithObserver)
 
 	base   context.Context // parent of every task's cancellation
 	cancel context.CancelCauseFunc
@@ -138,7 +138,7 @@ func New(size int, opts ...Option) (*Pool, error) {
 	p := &Pool{
 		opts:    o,
 		ants:    ap,
-		stamp:   o.maxQueueWait > 0,
+		stamp:   o.maxQueueWait > 0 || o.observer != nil,
 		closing: make(chan struct{}),
 		drained: make(chan struct{}),
 		workers: size,
@@ -178,12 +178,11 @@ func (p *Pool) submit(ctx context.Context, task Task, overflow bool) error {
 	if ctx == nil || task == nil {
 		p.mu.Lock()
 		p.stats.Submitted++
-		p.stats.Rejected++
 		p.mu.Unlock()
 		if ctx == nil {
-			return errors.New("bgpool: Submit: nil context")
+			return p.reject(errors.New("bgpool: Submit: nil context"))
 		}
-		return errors.New("bgpool: Submit: nil task")
+		return p.reject(errors.New("bgpool: Submit: nil task"))
 	}
 	it := item{ctx: ctx, task: task}
 	if p.stamp {
@@ -192,9 +191,8 @@ func (p *Pool) submit(ctx context.Context, task Task, overflow bool) error {
 	p.mu.Lock()
 	p.stats.Submitted++
 	if p.closed {
-		p.stats.Rejected++
 		p.mu.Unlock()
-		return ErrClosed
+		return p.reject(ErrClosed)
 	}
 	if len(p.waiters) == 0 && p.roomLocked() {
 		p.queue.Push(it)
@@ -204,19 +202,18 @@ func (p *Pool) submit(ctx context.Context, task Task, overflow bool) error {
 		return nil
 	}
 	if !overflow {
-		p.stats.Rejected++
 		p.mu.Unlock()
-		return ErrOverloaded
+		return p.reject(ErrOverloaded)
 	}
 	p.mu.Unlock()
 
 	o := Overflow{pool: p, ctx: ctx, task: task}
 	err := p.opts.policy.Overflow(ctx, &o)
 	if !o.settled {
-		p.countRejected(ctx)
 		if err == nil {
 			err = ErrOverloaded
 		}
+		p.reject(err)
 	}
 	return err
 }
@@ -320,13 +317,22 @@ func (p *Pool) loop() {
 		p.startLoops(starts)
 
 		inTask = true
-		out := p.execute(it, false)
+		out, ran, err := p.execute(it, false)
 		inTask = false
 
 		p.mu.Lock()
 		p.running--
-		if !p.abandonedFlag.Load() {
+		abandoned := p.abandonedFlag.Load() // authoritative under p.mu: abandon counted it
+		if !abandoned {
 			p.countLocked(out)
+		}
+		if p.opts.observer != nil {
+			p.mu.Unlock()
+			if abandoned {
+				out, err = OutcomeAbandoned, nil
+			}
+			p.observe(out, it.at, ran, err)
+			p.mu.Lock()
 		}
 		if len(p.waiters) > 0 {
 			if n := p.admitWaitersLocked(); n > 0 {
@@ -345,7 +351,8 @@ func (p *Pool) taskExited() {
 	p.mu.Lock()
 	p.running--
 	p.active--
-	if !p.abandonedFlag.Load() {
+	abandoned := p.abandonedFlag.Load()
+	if !abandoned {
 		p.stats.Failed++
 	}
 	n := p.ensurePickersLocked()
@@ -356,7 +363,14 @@ func (p *Pool) taskExited() {
 		// replacement must be started from elsewhere.
 		go p.startLoops(n)
 	}
+	if abandoned {
+		p.observe(OutcomeAbandoned, time.Time{}, 0, nil)
+	} else {
+		p.observe(OutcomeFailed, time.Time{}, 0, errGoexit)
+	}
 }
+
+var errGoexit = errors.New("bgpool: task called runtime.Goexit")
 
 // nextLocked returns the next task for a worker loop, already counted in
 // p.running, parking the loop while the queue is empty. It also returns how
@@ -387,11 +401,16 @@ func (p *Pool) nextLocked(w **worker) (it item, starts int, ok bool) {
 		if p.stamp || p.limiter != nil {
 			now = time.Now()
 		}
-		if p.stamp && now.Sub(it.at) > p.opts.maxQueueWait {
+		if p.opts.maxQueueWait > 0 && now.Sub(it.at) > p.opts.maxQueueWait {
 			p.queue.Pop()
 			p.stats.Dropped++
 			if len(p.waiters) > 0 {
 				starts += p.admitWaitersLocked()
+			}
+			if p.opts.observer != nil {
+				p.mu.Unlock()
+				p.observe(OutcomeExpired, it.at, 0, nil)
+				p.mu.Lock()
 			}
 			continue
 		}
@@ -533,59 +552,58 @@ func (p *Pool) dropOldest(submitCtx context.Context, task Task) error {
 	}
 	p.mu.Lock()
 	if p.closed {
-		p.stats.Rejected++
 		p.mu.Unlock()
-		return ErrClosed
+		return p.reject(ErrClosed)
 	}
-	p.stats.Dropped++ // the oldest task, or this one
-	if len(p.waiters) == 0 && p.roomLocked() {
-		p.stats.Dropped-- // room appeared: nothing is dropped
+	dropped, wasQueued := it, false
+	if len(p.waiters) == 0 && p.roomLocked() { // room appeared: nothing is dropped
 		p.queue.Push(it)
-	} else if _, ok := p.queue.Pop(); ok {
-		p.queue.Push(it)
+		dropped.task = nil
+	} else {
+		p.stats.Dropped++
+		if old, ok := p.queue.Pop(); ok {
+			dropped, wasQueued = old, true
+			p.queue.Push(it)
+		}
 	}
 	n := p.ensurePickersLocked()
 	p.mu.Unlock()
 	p.startLoops(n)
+	if dropped.task != nil {
+		var at time.Time
+		if wasQueued {
+			at = dropped.at
+		}
+		p.observe(OutcomeDropped, at, 0, nil)
+	}
 	return nil
 }
 
 // runHere is Overflow.Run.
 func (p *Pool) runHere(submitCtx context.Context, task Task) {
-	out := p.execute(item{ctx: submitCtx, task: task}, true)
+	out, ran, err := p.execute(item{ctx: submitCtx, task: task}, true)
 	p.mu.Lock()
 	p.countLocked(out)
 	p.mu.Unlock()
+	p.observe(out, time.Time{}, ran, err)
 }
 
-func (p *Pool) countDropped(context.Context) {
+// drop counts a task discarded on arrival.
+func (p *Pool) drop() {
 	p.mu.Lock()
 	p.stats.Dropped++
 	p.mu.Unlock()
+	p.observe(OutcomeDropped, time.Time{}, 0, nil)
 }
 
-func (p *Pool) countRejected(context.Context) {
-	p.mu.Lock()
-	p.stats.Rejected++
-	p.mu.Unlock()
-}
-
-// outcome is how a task that ran ended.
-type outcome uint8
-
-const (
-	completed outcome = iota
-	failed
-	panicked
-)
-
-func (p *Pool) countLocked(out outcome) {
+// countLocked counts a task that ran. Requires p.mu.
+func (p *Pool) countLocked(out Outcome) {
 	switch out {
-	case completed:
+	case OutcomeCompleted:
 		p.stats.Completed++
-	case failed:
+	case OutcomeFailed:
 		p.stats.Failed++
-	case panicked:
+	case OutcomePanicked:
 		p.stats.Panicked++
 	}
 }
@@ -593,24 +611,34 @@ func (p *Pool) countLocked(out outcome) {
 // execute runs one task with its context, timeout and panic recovery, and
 // hands an error to the error handler. A task that Shutdown abandoned reports
 // no error: Shutdown has already accounted for it.
-func (p *Pool) execute(it item, callerRuns bool) outcome {
-	ctx := newTaskContext(p.base, it.ctx)
+// It returns how long the task ran when an observer needs it.
+func (p *Pool) execute(it item, callerRuns bool) (out Outcome, ran time.Duration, err error) {
+	var ctx context.Context
 	if p.opts.taskTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, p.opts.taskTimeout)
-		defer cancel()
+		dc := newDeadlineContext(p.base, it.ctx, time.Now().Add(p.opts.taskTimeout))
+		defer dc.release()
+		ctx = dc
+	} else {
+		ctx = newTaskContext(p.base, it.ctx)
+	}
+	var start time.Time
+	if p.opts.observer != nil {
+		start = time.Now()
 	}
 	err, isPanic := call(ctx, it.task)
+	if !start.IsZero() {
+		ran = time.Since(start)
+	}
 	if err == nil {
-		return completed
+		return OutcomeCompleted, ran, nil
 	}
 	if callerRuns || !p.abandonedFlag.Load() {
 		p.handleError(ctx, err)
 	}
 	if isPanic {
-		return panicked
+		return OutcomePanicked, ran, err
 	}
-	return failed
+	return OutcomeFailed, ran, err
 }
 
 // call runs task, turning a panic into a *PanicError.
@@ -712,15 +740,23 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 func (p *Pool) abandon(ctx context.Context) error {
 	p.mu.Lock()
 	queued, running := 0, 0
+	var lost []time.Time // admission times of the abandoned queued tasks, for the observer
 	if !p.abandonedFlag.Load() {
 		p.abandonedFlag.Store(true)
 		queued, running = p.queue.Len(), p.running
 		p.stats.Abandoned += uint64(queued + running)
+		for p.opts.observer != nil && p.queue.Len() > 0 {
+			it, _ := p.queue.Pop()
+			lost = append(lost, it.at)
+		}
 		p.queue.Clear()
 		p.checkDrainedLocked()
 	}
 	total := p.stats.Abandoned
 	p.mu.Unlock()
+	for _, at := range lost {
+		p.observe(OutcomeAbandoned, at, 0, nil)
+	}
 	p.cancel(fmt.Errorf("bgpool: shutdown deadline passed: %w", context.Cause(ctx)))
 	p.stopTimer()
 	p.ants.Release()
@@ -796,4 +832,7 @@ func (p *Pool) countDiscarded(tasks []item) {
 	p.stats.Submitted += uint64(len(tasks))
 	p.stats.Dropped += uint64(len(tasks))
 	p.mu.Unlock()
+	for range tasks {
+		p.observe(OutcomeDropped, time.Time{}, 0, nil)
+	}
 }

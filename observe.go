@@ -1,0 +1,87 @@
+package bgpool
+
+import "time"
+
+// An Outcome is how a task ended, as reported to an observer (WithObserver).
+type Outcome uint8
+
+// The outcomes. Each but OutcomeExpired is also a counter in Stats; an
+// expired task is counted Dropped there.
+const (
+	OutcomeCompleted Outcome = iota + 1 // the task returned nil
+	OutcomeFailed                       // the task returned an error (or called runtime.Goexit)
+	OutcomePanicked                     // the task panicked
+	OutcomeDropped                      // discarded by Drop or DropOldest, or kept by a WithAfterResponse handler that panicked
+	OutcomeExpired                      // discarded after waiting longer than WithMaxQueueWait
+	OutcomeRejected                     // refused with an error: ErrOverloaded, ErrClosed or bad input
+	OutcomeAbandoned                    // queued or running when Shutdown's deadline passed
+)
+
+var outcomeNames = [...]string{"", "completed", "failed", "panicked", "dropped", "expired", "rejected", "abandoned"}
+
+// String returns the outcome's lower-case name, as used in metric labels:
+// "completed", "failed", "panicked", "dropped", "expired", "rejected" or
+// "abandoned".
+func (o Outcome) String() string {
+	if int(o) < len(outcomeNames) && o != 0 {
+		return outcomeNames[o]
+	}
+	return "unknown"
+}
+
+// A TaskEvent describes a task that reached its outcome.
+type TaskEvent struct {
+	Outcome Outcome
+	// QueueWait is how long the task waited between admission and its start
+	// (or its discarding or abandonment). It is zero for a task that was
+	// never queued: rejected, dropped on arrival, or run by CallerRuns.
+	QueueWait time.Duration
+	// RunTime is how long the task ran. It is zero for a task that did not
+	// run.
+	RunTime time.Duration
+	// Err is the task's error, a *PanicError for a panic, or the error
+	// Submit returned for a rejected task; nil otherwise.
+	Err error
+}
+
+// WithObserver sets a function that the pool calls once for every task when
+// it reaches its outcome, with its queue wait and run time: the hook for
+// metrics such as histograms (see the contrib/prometheus module). The
+// default is none, and then the pool reads no clock for it: the only cost on
+// the hot path is a nil check.
+//
+// fn is called synchronously, with no lock held, on the goroutine where the
+// outcome happens (a worker, or the submitter for rejected and dropped
+// tasks), possibly from many goroutines at once: it must be safe for
+// concurrent use and quick. A task abandoned while running is reported when
+// it returns, so one that never returns is never reported (Stats counts it
+// at once). A nil fn means no observer.
+func WithObserver(fn func(TaskEvent)) Option {
+	return optionFunc(func(o *options) error {
+		o.observer = fn
+		return nil
+	})
+}
+
+// observe reports an outcome to the observer, if there is one. admitted is
+// the task's admission time, zero if it was never queued.
+func (p *Pool) observe(out Outcome, admitted time.Time, ran time.Duration, err error) {
+	fn := p.opts.observer
+	if fn == nil {
+		return
+	}
+	ev := TaskEvent{Outcome: out, RunTime: ran, Err: err}
+	if !admitted.IsZero() {
+		ev.QueueWait = time.Since(admitted) - ran
+	}
+	fn(ev)
+}
+
+// reject counts a task that was refused with err and returns err.
+func (p *Pool) reject(err error) error {
+	p.mu.Lock()
+	p.stats.Rejected++
+	p.mu.Unlock()
+	p.observe(OutcomeRejected, time.Time{}, 0, err)
+	return err
+}

@@ -1,0 +1,130 @@
+package bgpool_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/bgpool/bgpool"
+)
+
+// recorder collects TaskEvents.
+type recorder struct {
+	mu     sync.Mutex
+	events []bgpool.TaskEvent
+}
+
+func (r *recorder) observe(ev bgpool.TaskEvent) {
+	r.mu.Lock()
+	r.events = append(r.events, ev)
+	r.mu.Unlock()
+}
+
+func (r *recorder) byOutcome() map[bgpool.Outcome][]bgpool.TaskEvent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := map[bgpool.Outcome][]bgpool.TaskEvent{}
+	for _, ev := range r.events {
+		m[ev.Outcome] = append(m[ev.Outcome], ev)
+	}
+	return m
+}
+
+func TestObserverSeesEveryOutcomeWithTimings(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var rec recorder
+		p, err := bgpool.New(1, bgpool.WithQueueSize(2), bgpool.WithPolicy(bgpool.Reject),
+			bgpool.WithMaxQueueWait(10*time.Second), bgpool.WithObserver(rec.observe),
+			bgpool.WithErrorHandler(func(context.Context, error) {}))
+		require.NoError(t, err)
+		bg := context.Background()
+		fail := errors.New("fail")
+
+		// Completed after 1s in the queue and 2s of running.
+		release := make(chan struct{})
+		require.NoError(t, p.Submit(bg, func(context.Context) error { <-release; return nil }))
+		require.NoError(t, p.Submit(bg, func(context.Context) error { time.Sleep(2 * time.Second); return nil }))
+		require.NoError(t, p.Submit(bg, func(context.Context) error { return fail }))
+		assert.ErrorIs(t, p.Submit(bg, noop), bgpool.ErrOverloaded) // rejected
+		time.Sleep(time.Second)
+		close(release)
+		synctest.Wait()
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+
+		// Panicked, then expired after waiting longer than 10s.
+		require.NoError(t, p.Submit(bg, func(context.Context) error { panic("p") }))
+		synctest.Wait()
+		hold := make(chan struct{})
+		require.NoError(t, p.Submit(bg, func(context.Context) error { <-hold; return nil }))
+		require.NoError(t, p.Submit(bg, noop))
+		time.Sleep(11 * time.Second)
+		close(hold)
+		synctest.Wait()
+
+		// Abandoned: a task that outlives the shutdown deadline.
+		require.NoError(t, p.Submit(bg, func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }))
+		synctest.Wait()
+		ctx, cancel := context.WithTimeout(bg, time.Second)
+		defer cancel()
+		assert.Error(t, p.Shutdown(ctx))
+		synctest.Wait()
+		assert.ErrorIs(t, p.Submit(bg, noop), bgpool.ErrClosed)
+
+		got := rec.byOutcome()
+		require.Len(t, got[bgpool.OutcomeCompleted], 3)
+		second := got[bgpool.OutcomeCompleted][1]
+		assert.Equal(t, time.Second, second.QueueWait, "queue wait of the 2s task")
+		assert.Equal(t, 2*time.Second, second.RunTime)
+		require.Len(t, got[bgpool.OutcomeFailed], 1)
+		assert.ErrorIs(t, got[bgpool.OutcomeFailed][0].Err, fail)
+		require.Len(t, got[bgpool.OutcomePanicked], 1)
+		var pe *bgpool.PanicError
+		assert.ErrorAs(t, got[bgpool.OutcomePanicked][0].Err, &pe)
+		require.Len(t, got[bgpool.OutcomeExpired], 1)
+		assert.Equal(t, 11*time.Second, got[bgpool.OutcomeExpired][0].QueueWait)
+		require.Len(t, got[bgpool.OutcomeRejected], 2)
+		assert.ErrorIs(t, got[bgpool.OutcomeRejected][0].Err, bgpool.ErrOverloaded)
+		assert.ErrorIs(t, got[bgpool.OutcomeRejected][1].Err, bgpool.ErrClosed)
+		require.Len(t, got[bgpool.OutcomeAbandoned], 1)
+
+		s := p.Stats()
+		rec.mu.Lock()
+		assert.Equal(t, int(s.Submitted), len(rec.events), "one event per task")
+		rec.mu.Unlock()
+	})
+}
+
+func TestObserverSeesDropsAndCallerRuns(t *testing.T) {
+	for _, tt := range []struct {
+		policy bgpool.Policy
+		want   bgpool.Outcome
+	}{
+		{bgpool.Drop, bgpool.OutcomeDropped},
+		{bgpool.DropOldest, bgpool.OutcomeDropped},
+		{bgpool.CallerRuns, bgpool.OutcomeCompleted},
+	} {
+		t.Run(tt.want.String(), func(t *testing.T) {
+			var rec recorder
+			p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(tt.policy), bgpool.WithObserver(rec.observe))
+			g := fill(t, p, 1)
+			require.NoError(t, p.Submit(context.Background(), noop))
+			got := rec.byOutcome()
+			assert.Len(t, got[tt.want], 1)
+			g.open()
+		})
+	}
+}
+
+func TestOutcomeString(t *testing.T) {
+	assert.Equal(t, "completed", bgpool.OutcomeCompleted.String())
+	assert.Equal(t, "abandoned", bgpool.OutcomeAbandoned.String())
+	assert.Equal(t, "unknown", bgpool.Outcome(0).String())
+	assert.Equal(t, "unknown", bgpool.Outcome(200).String())
+}
