@@ -307,12 +307,12 @@ func TestTaskTimeoutContextBehavesLikeContextWithDeadline(t *testing.T) {
 			bgpool.WithErrorHandler(func(context.Context, error) {}))
 		require.NoError(t, err)
 		type seen struct {
-			value                 any
-			errBefore, errAfter   error
-			cause, childErr       error
-			childDeadline         time.Time
-			taskDeadline          time.Time
-			afterFuncRan, stopped bool
+			value               any
+			errBefore, errAfter error
+			cause, childErr     error
+			childDeadline       time.Time
+			taskDeadline        time.Time
+			afterFuncRan        bool
 		}
 		result := make(chan seen, 1)
 		ctx := context.WithValue(context.Background(), valueKey{}, "v")

@@ -1,0 +1,59 @@
+// Package bgpool runs background work for Go services safely: on a fixed
+// number of goroutines, behind a bounded queue, with a chosen policy for
+// overload, an optional rate limit, and a shutdown that drains the work
+// within a deadline instead of losing it.
+//
+// It is the Go counterpart of the background tasks of Python web frameworks
+// (Starlette's BackgroundTasks, asgi-background): an HTTP handler hands off
+// slow work (mail, webhooks, cache fills), answers at once, and the work is
+// neither unbounded under a traffic spike nor lost on a deploy.
+//
+//	p, err := bgpool.New(8,
+//		bgpool.WithQueueSize(1000),
+//		bgpool.WithPolicy(bgpool.Reject),
+//	)
+//	if err != nil {
+//		return err
+//	}
+//	err = p.Submit(ctx, func(ctx context.Context) error {
+//		return sendWelcomeMail(ctx, user) // ctx has the submitter's values, not its cancellation
+//	})
+//	if errors.Is(err, bgpool.ErrOverloaded) {
+//		// the queue is full: answer 503, retry later, ...
+//	}
+//	...
+//	shutdownCtx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
+//	defer cancel()
+//	err = p.Shutdown(shutdownCtx) // runs what is queued; abandons, and reports, what is left at the deadline
+//
+// # The pool
+//
+// New(size) makes a Pool that runs at most size tasks at once on the
+// goroutines of an ants.Pool (github.com/panjf2000/ants/v2). Tasks that find
+// no free worker wait in a FIFO queue of WithQueueSize tasks. When the queue
+// is full too, the pool's Policy decides: Block (the default), BlockFor,
+// Drop, Reject, DropOldest, CallerRuns, or a PolicyFunc of your own. Every
+// task is counted in Stats and ends in exactly one outcome; nothing is lost
+// silently.
+//
+// A task's context carries the values of the context it was submitted with
+// (loggers, trace IDs) but not its cancellation, so a task started by an
+// HTTP handler outlives the request. It is cancelled only by WithTaskTimeout
+// or when Shutdown's deadline passes. Panics are recovered and reported as
+// *PanicError to the error handler (WithErrorHandler; by default, slog).
+//
+// # HTTP
+//
+// Middleware attaches a pool to each request; Go submits a task from a
+// handler; WithShedding answers 503 while the pool is saturated;
+// WithAfterResponse starts tasks only after the handler has returned.
+// Serve and ListenAndServe serve until a context ends (SIGTERM), then shut
+// down the server and drain the pool within one grace period.
+//
+// # Observability
+//
+// Stats is a snapshot of gauges and counters; StatsHandler serves it as
+// JSON, Expvar publishes it with expvar, and WithObserver reports each
+// task's outcome, queue wait and run time, for histograms (see the
+// contrib/prometheus module).
+package bgpool
