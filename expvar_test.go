@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"expvar"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -20,8 +22,11 @@ func TestExpvarPublishesStatsUnderTheChosenName(t *testing.T) {
 	require.NoError(t, p.Submit(context.Background(), noop))
 	shutdown(t, p)
 
-	assert.Nil(t, expvar.Get("testpool"), "nothing is published before Publish")
-	expvar.Publish("testpool", bgpool.Expvar(p))
+	// expvar names are process-wide and cannot be unpublished: one per run
+	// of the test (go test -count=N).
+	name := fmt.Sprintf("testpool%d", expvarRuns.Add(1))
+	assert.Nil(t, expvar.Get(name), "nothing is published before Publish")
+	expvar.Publish(name, bgpool.Expvar(p))
 	srv := httptest.NewServer(expvar.Handler())
 	defer srv.Close()
 	resp, err := http.Get(srv.URL)
@@ -29,10 +34,12 @@ func TestExpvarPublishesStatsUnderTheChosenName(t *testing.T) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	var vars struct {
-		Testpool bgpool.Stats `json:"testpool"`
-	}
+	var vars map[string]json.RawMessage
 	require.NoError(t, json.Unmarshal(body, &vars))
-	assert.Equal(t, uint64(1), vars.Testpool.Completed)
-	assert.Equal(t, 2, vars.Testpool.Workers)
+	var got bgpool.Stats
+	require.NoError(t, json.Unmarshal(vars[name], &got))
+	assert.Equal(t, uint64(1), got.Completed)
+	assert.Equal(t, 2, got.Workers)
 }
+
+var expvarRuns atomic.Int64
