@@ -32,6 +32,7 @@ package bgpool
 import (
 	"context"
 	"errors"
+	"reflect"
 	"time"
 )
 
@@ -58,9 +59,7 @@ var (
 	// Block waits until the task is admitted or ctx ends. When ctx ends
 	// first, Submit returns an error that matches both ErrOverloaded and
 	// ctx.Err(); when Shutdown begins first, ErrClosed.
-	Block Policy = PolicyFunc(func(ctx context.Context, o *Overflow) error {
-		return o.Wait(ctx)
-	})
+	Block Policy = PolicyFunc(blockOverflow)
 
 	// Drop discards the task, counts it Dropped, and makes Submit return nil.
 	Drop Policy = PolicyFunc(func(_ context.Context, o *Overflow) error {
@@ -88,6 +87,21 @@ var (
 		return o.Run()
 	})
 )
+
+// blockOverflow is Block's function. It is a named function, not a
+// literal, so that isBlock can recognise it.
+func blockOverflow(ctx context.Context, o *Overflow) error { return o.Wait(ctx) }
+
+// isBlock reports whether pol is Block, whose waiting submit then runs
+// without going through the Policy interface: an Overflow passed to an
+// interface method escapes, so that would cost an allocation per blocked
+// Submit. Policy values hold functions, which == cannot compare (it panics),
+// so isBlock compares code pointers; blockOverflow captures nothing, so any
+// PolicyFunc with its code pointer behaves exactly like Block.
+func isBlock(pol Policy) bool {
+	f, ok := pol.(PolicyFunc)
+	return ok && f != nil && reflect.ValueOf(f).Pointer() == reflect.ValueOf(blockOverflow).Pointer()
+}
 
 // BlockFor returns a Policy that waits like Block, but at most d. When d
 // passes first, Submit returns an error that matches ErrOverloaded and

@@ -57,13 +57,16 @@ const idleTimeout = time.Second
 // runs a loop that takes tasks from the queue until the queue is empty (and
 // stays empty for a second), so a steady stream of tasks costs one mutex
 // hand-off per task rather than one ants submission. On a 2-core machine an
-// empty task costs about 100ns end to end; see the benchmarks module.
+// empty task costs about 115ns end to end from one submitter, and about
+// 275ns from 8, when they contend for the pool's mutex; see the benchmarks
+// module.
 type Pool struct {
 	opts    options
 	ants    *ants.Pool
 	limiter *rate.Limiter // nil without a rate limit
 	loopFn  func()        // p.loop, bound once so that starting a worker does not allocate
 	stamp   bool          // tasks need their admission time (WithMaxQueueWait, WithObserver)
+	block   bool          // the policy is Block: submit waits itself (see isBlock)
 
 	base   context.Context // parent of every task's cancellation
 	cancel context.CancelCauseFunc
@@ -72,6 +75,7 @@ type Pool struct {
 	drained chan struct{} // closed when closing and no task nor worker is left
 
 	abandonedFlag atomic.Bool // Shutdown's deadline passed; read without mu by execute
+	releaseOnce   sync.Once   // ants is released once, by the first Shutdown to finish
 
 	mu        sync.Mutex
 	queue     ring.Ring[item]
@@ -94,12 +98,16 @@ type item struct {
 	at   time.Time // admission time, set only when p.stamp
 }
 
-// waiter is a submitter blocked in Overflow.Wait.
+// waiter is a submitter blocked in Overflow.Wait. Waiters are recycled
+// through waiterPool, since under steady overload every Submit waits; see
+// waitLocked for when one may be put back.
 type waiter struct {
 	it       item
-	ready    chan struct{} // receives once the task is admitted
+	ready    chan struct{} // buffer 1: receives once the task is admitted
 	admitted bool
 }
+
+var waiterPool = sync.Pool{New: func() any { return &waiter{ready: make(chan struct{}, 1)} }}
 
 // worker is the parking state of one worker loop, made when it first parks.
 type worker struct {
@@ -139,6 +147,7 @@ func New(size int, opts ...Option) (*Pool, error) {
 		opts:    o,
 		ants:    ap,
 		stamp:   o.maxQueueWait > 0 || o.observer != nil,
+		block:   isBlock(o.policy),
 		closing: make(chan struct{}),
 		drained: make(chan struct{}),
 		workers: size,
@@ -205,6 +214,14 @@ func (p *Pool) submit(ctx context.Context, task Task, overflow bool) error {
 		p.mu.Unlock()
 		return p.reject(ErrOverloaded)
 	}
+	if p.block {
+		// What Block does through an Overflow, without allocating one and
+		// without releasing p.mu in between.
+		if err := p.waitLocked(ctx, ctx, task); err != nil {
+			return p.reject(err)
+		}
+		return nil
+	}
 	p.mu.Unlock()
 
 	o := Overflow{pool: p, ctx: ctx, task: task}
@@ -251,10 +268,7 @@ func (p *Pool) ensurePickersLocked() int {
 	need := min(p.queue.Len(), p.freeLocked())
 	looking := p.active - p.running - len(p.idle)
 	for need > looking && len(p.idle) > 0 {
-		w := p.idle[len(p.idle)-1]
-		p.idle[len(p.idle)-1] = nil
-		p.idle = p.idle[:len(p.idle)-1]
-		w.wake <- struct{}{}
+		p.wakeIdleLocked()
 		looking++
 	}
 	n := min(need-looking, p.workers-p.active)
@@ -263,6 +277,18 @@ func (p *Pool) ensurePickersLocked() int {
 	}
 	p.active += n
 	return n
+}
+
+// wakeIdleLocked takes the most recently parked loop off p.idle and wakes
+// it. The send cannot block: a loop's wake channel is empty while it is on
+// p.idle, since only the loop's waker sends, and a loop that was taken off
+// p.idle drains its channel before it parks again (unidleLocked). Requires
+// p.mu and a non-empty p.idle.
+func (p *Pool) wakeIdleLocked() {
+	w := p.idle[len(p.idle)-1]
+	p.idle[len(p.idle)-1] = nil
+	p.idle = p.idle[:len(p.idle)-1]
+	w.wake <- struct{}{}
 }
 
 // startLoops starts n worker loops on ants. The caller has already counted
@@ -294,6 +320,22 @@ func (p *Pool) startLoops(n int) {
 
 // loop is the body of an ants worker: it runs queued tasks until there is
 // nothing it may start.
+//
+// The worker's goroutine starts with a 2 KiB stack, and the Go runtime
+// copies it to one twice the size as soon as a call would come within
+// about 900 bytes (the runtime's guard) of its end. With 10,000 workers that
+// doubling costs 20 MiB, so the deepest paths are kept short. The deepest is
+// parking: the runtime's select and, below it, the idle timer's
+// registration (since Go 1.23 a timer joins the heap only when something
+// blocks on its channel) need about 750 bytes, and ants' own frame takes
+// 100. So loop itself holds almost nothing and calls parkLocked directly,
+// while everything else a task needs happens in runNext, a sibling of
+// parkLocked rather than its caller; and the rarely taken branches of
+// nextLocked, runNext and parkLocked live in separate functions
+// (nextGateLocked, finishLocked, unidleLocked) so that their locals do not
+// sit in the frames of the common path. BenchmarkSleepTasks' peak-stack-B
+// shows when this breaks: about 2 KiB a worker when the paths fit, 4 KiB
+// when they do not.
 func (p *Pool) loop() {
 	var w *worker
 	inTask := false
@@ -307,39 +349,80 @@ func (p *Pool) loop() {
 	}()
 	p.mu.Lock()
 	for {
-		it, starts, ok := p.nextLocked(&w)
-		if !ok {
-			p.mu.Unlock()
-			p.startLoops(starts)
+		switch p.runNext(&inTask) {
+		case nextPark:
+			if w == nil {
+				w = newWorker()
+			}
+			if !p.parkLocked(w) {
+				p.exitLocked()
+				p.mu.Unlock()
+				return
+			}
+		case nextExit:
 			return
 		}
+	}
+}
+
+// runNext takes the next task from the queue and runs it, with *inTask true
+// while it runs, and then books it. It reports nextRun when the loop should
+// call it again, nextPark when the queue is empty and the loop should park,
+// and nextExit when the loop must return, in which case it has released p.mu
+// and taken the loop out of p.active. Requires p.mu, which it releases while
+// the task runs and holds again when it returns anything but nextExit.
+func (p *Pool) runNext(inTask *bool) int {
+	it, starts, next := p.nextLocked()
+	if starts > 0 || next == nextExit {
 		p.mu.Unlock()
 		p.startLoops(starts)
-
-		inTask = true
-		out, ran, err := p.execute(it, false)
-		inTask = false
-
+		if next == nextExit {
+			return nextExit
+		}
 		p.mu.Lock()
-		p.running--
-		abandoned := p.abandonedFlag.Load() // authoritative under p.mu: abandon counted it
-		if !abandoned {
-			p.countLocked(out)
+		if next == nextPark {
+			return nextRun // the queue may have changed while p.mu was released: look again
 		}
-		if p.opts.observer != nil {
+	}
+	if next == nextPark {
+		return nextPark
+	}
+	p.mu.Unlock()
+
+	*inTask = true
+	out, ran, err := p.execute(it, false)
+	*inTask = false
+
+	p.mu.Lock()
+	p.finishLocked(it.at, out, ran, err)
+	return nextRun
+}
+
+// finishLocked books a task that a worker loop ran: it frees the worker's
+// slot, counts the outcome, reports it to the observer, and admits waiting
+// submitters into the room the task made. Requires p.mu, which it may release
+// and reacquire. It is kept out of line on purpose (see loop).
+//
+//go:noinline
+func (p *Pool) finishLocked(admitted time.Time, out Outcome, ran time.Duration, err error) {
+	p.running--
+	abandoned := p.abandonedFlag.Load() // authoritative under p.mu: abandon counted it
+	if !abandoned {
+		p.countLocked(out)
+	}
+	if p.opts.observer != nil {
+		p.mu.Unlock()
+		if abandoned {
+			out, err = OutcomeAbandoned, nil
+		}
+		p.observe(out, admitted, ran, err)
+		p.mu.Lock()
+	}
+	if len(p.waiters) > 0 {
+		if n := p.admitWaitersLocked(); n > 0 {
 			p.mu.Unlock()
-			if abandoned {
-				out, err = OutcomeAbandoned, nil
-			}
-			p.observe(out, it.at, ran, err)
+			p.startLoops(n)
 			p.mu.Lock()
-		}
-		if len(p.waiters) > 0 {
-			if n := p.admitWaitersLocked(); n > 0 {
-				p.mu.Unlock()
-				p.startLoops(n)
-				p.mu.Lock()
-			}
 		}
 	}
 }
@@ -372,60 +455,85 @@ func (p *Pool) taskExited() {
 
 var errGoexit = errors.New("bgpool: task called runtime.Goexit")
 
+// What nextLocked (and runNext) tell a worker loop to do.
+const (
+	nextRun  = iota // nextLocked: run the task it returned; runNext: call it again
+	nextPark        // the queue is empty: park with parkLocked, then ask again
+	nextExit        // return: the loop has been taken out of p.active
+)
+
 // nextLocked returns the next task for a worker loop, already counted in
-// p.running, parking the loop while the queue is empty. It also returns how
-// many more loops the caller must start (with startLoops, after releasing
-// p.mu) for tasks that waiting submitters moved into the room it made. When
-// it reports false the loop must return: it has already been taken out of
-// p.active. Requires p.mu, which it may release and reacquire.
-func (p *Pool) nextLocked(w **worker) (it item, starts int, ok bool) {
+// p.running, or tells the loop to park or to return (see nextRun). It also
+// returns how many more loops the caller must start (with startLoops, after
+// releasing p.mu) for tasks that waiting submitters moved into the room it
+// made. Requires p.mu, which it may release and reacquire.
+func (p *Pool) nextLocked() (it item, starts int, next int) {
 	for {
 		if p.active > p.workers { // Tune shrank the pool: retire this loop
 			p.exitLocked()
 			p.ensurePickersLocked() // wakes a parked loop if needed; starts none, as active >= workers
-			return item{}, starts, false
+			return item{}, starts, nextExit
 		}
-		it, ok = p.queue.Peek()
-		if !ok {
-			if p.closed || !p.parkLocked(w) {
+		if p.queue.Len() == 0 {
+			if p.closed {
 				p.exitLocked()
-				return item{}, starts, false
+				return item{}, starts, nextExit
 			}
-			continue
+			return item{}, starts, nextPark
 		}
-		if p.throttled {
-			p.exitLocked()
-			return item{}, starts, false
-		}
-		var now time.Time
-		if p.stamp || p.limiter != nil {
-			now = time.Now()
-		}
-		if p.opts.maxQueueWait > 0 && now.Sub(it.at) > p.opts.maxQueueWait {
-			p.queue.Pop()
-			p.stats.Dropped++
-			if len(p.waiters) > 0 {
-				starts += p.admitWaitersLocked()
+		if p.throttled || p.limiter != nil || p.opts.maxQueueWait > 0 {
+			next, n := p.nextGateLocked()
+			starts += n
+			if next == nextExit {
+				p.exitLocked()
+				return item{}, starts, nextExit
 			}
-			if p.opts.observer != nil {
-				p.mu.Unlock()
-				p.observe(OutcomeExpired, it.at, 0, nil)
-				p.mu.Lock()
+			if next == nextPark { // the front task expired: look again
+				continue
 			}
-			continue
 		}
-		if p.limiter != nil && !p.limiter.AllowN(now, 1) {
-			p.throttleLocked(now)
-			p.exitLocked()
-			return item{}, starts, false
-		}
-		p.queue.Pop()
+		it, _ = p.queue.Pop()
 		p.running++ // before admitting waiters: this loop's slot is taken
 		if len(p.waiters) > 0 {
 			starts += p.admitWaitersLocked()
 		}
-		return it, starts, true
+		return it, starts, nextRun
 	}
+}
+
+// nextGateLocked is the part of nextLocked for pools with a rate limit or a
+// maximum queue wait. It checks the task at the front of the (non-empty)
+// queue and reports nextRun when the loop may take it, nextPark when it has
+// discarded it as expired (the caller looks again), or nextExit when the
+// loop must return because the rate limiter has no token; and how many loops
+// the caller must start. Requires p.mu, which it may release and reacquire.
+// It is kept out of line on purpose (see loop).
+//
+//go:noinline
+func (p *Pool) nextGateLocked() (next, starts int) {
+	if p.throttled {
+		return nextExit, 0
+	}
+	it, _ := p.queue.Peek()
+	now := time.Now()
+	if p.opts.maxQueueWait > 0 && now.Sub(it.at) > p.opts.maxQueueWait {
+		p.queue.Pop()
+		p.stats.Dropped++
+		if len(p.waiters) > 0 {
+			starts = p.admitWaitersLocked()
+		}
+		if p.opts.observer != nil {
+			p.mu.Unlock()
+			p.observe(OutcomeExpired, it.at, 0, nil)
+			p.mu.Lock()
+		}
+		return nextPark, starts
+	}
+	if p.limiter != nil && !p.limiter.AllowN(now, 1) {
+		p.throttleLocked(now)
+		return nextExit, 0
+	}
+	return nextRun, 0
 }
 
 // exitLocked takes a returning loop out of p.active. Requires p.mu.
@@ -434,15 +542,22 @@ func (p *Pool) exitLocked() {
 	p.checkDrainedLocked()
 }
 
+// newWorker returns the parking state for a loop that parks for the first
+// time.
+func newWorker() *worker {
+	return &worker{wake: make(chan struct{}, 1)}
+}
+
 // parkLocked waits, without p.mu, until a submitter wakes this loop, Shutdown
 // begins, or idleTimeout passes. It reports false when the loop should
 // return its goroutine to ants. Requires p.mu.
-func (p *Pool) parkLocked(wp **worker) bool {
-	w := *wp
-	if w == nil {
-		w = &worker{wake: make(chan struct{}, 1)}
-		*wp = w
-	}
+//
+// Shutdown wakes parked loops through their own channels rather than
+// through p.closing: a select locks every channel it waits on, on the way in
+// and on the way out, so a channel shared by all parked loops made its lock
+// one more point of contention on every park (9% of the CPU in sellock
+// with 8 submitters on 2 cores).
+func (p *Pool) parkLocked(w *worker) bool {
 	p.idle = append(p.idle, w)
 	p.mu.Unlock()
 	if w.timer == nil {
@@ -452,15 +567,25 @@ func (p *Pool) parkLocked(wp **worker) bool {
 	}
 	expired := false
 	select {
-	case <-w.wake: // a submitter took this loop off p.idle to start a task
+	case <-w.wake: // a submitter, Tune or Shutdown took this loop off p.idle
 	case <-w.timer.C: // idle too long: give the goroutine back to ants
 		expired = true
-	case <-p.closing: // Shutdown began: drain the queue, then return
 	}
 	p.mu.Lock()
+	return p.unidleLocked(w) || !expired
+}
+
+// unidleLocked makes sure that a loop that has woken from parkLocked is off
+// p.idle and its wake channel is empty. It reports whether a waker had
+// already taken it off p.idle, in which case the loop must look at the queue
+// whatever woke it. Requires p.mu. It is kept out of line on purpose (see
+// loop).
+//
+//go:noinline
+func (p *Pool) unidleLocked(w *worker) bool {
 	if i := slices.Index(p.idle, w); i >= 0 {
 		p.idle = slices.Delete(p.idle, i, i+1)
-		return !expired
+		return false
 	}
 	// Taken off p.idle by a waker, whose signal may not have been received.
 	select {
@@ -499,7 +624,14 @@ func (p *Pool) admitWaitersLocked() int {
 	for len(p.waiters) > 0 && !p.closed && p.roomLocked() {
 		w := p.waiters[0]
 		p.waiters[0] = nil
-		p.waiters = p.waiters[1:]
+		if len(p.waiters) == 1 {
+			// Keep the window's start: popping by reslicing uses up the
+			// capacity, so a lone waiter would otherwise make append
+			// allocate a new slice for every blocked Submit.
+			p.waiters = p.waiters[:0]
+		} else {
+			p.waiters = p.waiters[1:]
+		}
 		if p.stamp {
 			w.it.at = time.Now()
 		}
@@ -513,12 +645,26 @@ func (p *Pool) admitWaitersLocked() int {
 // wait is Overflow.Wait: it queues the submitter behind earlier waiters until
 // its task is admitted, ctx ends, or Shutdown begins.
 func (p *Pool) wait(ctx, submitCtx context.Context, task Task) error {
-	w := &waiter{it: item{ctx: submitCtx, task: task}, ready: make(chan struct{}, 1)}
 	p.mu.Lock()
+	return p.waitLocked(ctx, submitCtx, task)
+}
+
+// waitLocked is wait with p.mu already held. Requires p.mu, which it
+// releases.
+//
+// The waiter goes back to waiterPool only once nothing can refer to it or
+// send to it: admitWaitersLocked sends on ready and removes the waiter from
+// p.waiters in one critical section, and once it is off p.waiters no one
+// sends, so after this call has either received the signal or, under p.mu,
+// drained it or removed the waiter itself, its ready channel is empty and
+// unreferenced.
+func (p *Pool) waitLocked(ctx, submitCtx context.Context, task Task) error {
 	if p.closed {
 		p.mu.Unlock()
 		return ErrClosed
 	}
+	w := waiterPool.Get().(*waiter)
+	w.it = item{ctx: submitCtx, task: task}
 	p.waiters = append(p.waiters, w)
 	n := p.admitWaitersLocked()
 	p.mu.Unlock()
@@ -527,6 +673,7 @@ func (p *Pool) wait(ctx, submitCtx context.Context, task Task) error {
 	var err error
 	select {
 	case <-w.ready: // admitted: the task is queued or taken by a worker
+		putWaiter(w)
 		return nil
 	case <-ctx.Done(): // the submitter stopped waiting
 		err = overloaded(ctx.Err())
@@ -534,14 +681,23 @@ func (p *Pool) wait(ctx, submitCtx context.Context, task Task) error {
 		err = ErrClosed
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if w.admitted {
-		return nil
-	}
-	if i := slices.Index(p.waiters, w); i >= 0 {
+		<-w.ready // sent under p.mu before admitted was set, so it does not block
+		err = nil
+	} else if i := slices.Index(p.waiters, w); i >= 0 {
 		p.waiters = slices.Delete(p.waiters, i, i+1)
 	}
+	p.mu.Unlock()
+	putWaiter(w)
 	return err
+}
+
+// putWaiter recycles w, whose ready channel must be empty and which must be
+// off p.waiters.
+func putWaiter(w *waiter) {
+	w.it = item{} // do not keep the task and its context alive
+	w.admitted = false
+	waiterPool.Put(w)
 }
 
 // dropOldest is Overflow.DropOldest.
@@ -696,9 +852,10 @@ func (p *Pool) checkDrainedLocked() {
 // says how many tasks it abandoned.
 //
 // Shutdown may be called more than once and concurrently with any other
-// method; every call waits as described. Once it returns, the pool's own
-// goroutines are gone; only tasks that ignore their cancelled context may
-// still be running. Called from inside one of the pool's own tasks (with that
+// method; every call waits as described. Once a Shutdown that drained the
+// pool returns, the pool's own goroutines are gone. After an abandonment
+// they exit shortly after their tasks return, so only tasks that ignore
+// their cancelled context can keep them. Called from inside one of the pool's own tasks (with that
 // task's context, or one derived from it), Shutdown begins the shutdown and
 // returns nil without waiting, since it would wait for its caller.
 func (p *Pool) Shutdown(ctx context.Context) error {
@@ -709,6 +866,9 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	if !p.closed {
 		p.closed = true
 		close(p.closing)
+		for len(p.idle) > 0 { // parked loops do not watch p.closing; see parkLocked
+			p.wakeIdleLocked()
+		}
 		p.checkDrainedLocked()
 	}
 	p.mu.Unlock()
@@ -725,8 +885,7 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 			return p.abandon(ctx)
 		}
 	}
-	p.stopTimer()
-	_ = p.ants.ReleaseContext(ctx) // wait for ants' goroutines to exit
+	p.release(true)
 	p.mu.Lock()
 	n := p.stats.Abandoned
 	p.mu.Unlock()
@@ -758,8 +917,7 @@ func (p *Pool) abandon(ctx context.Context) error {
 		p.observe(OutcomeAbandoned, at, 0, nil)
 	}
 	p.cancel(fmt.Errorf("bgpool: shutdown deadline passed: %w", context.Cause(ctx)))
-	p.stopTimer()
-	p.ants.Release()
+	p.release(false)
 	if queued+running == 0 {
 		return fmt.Errorf("bgpool: shutdown: %d tasks abandoned: %w", total, ctx.Err())
 	}
@@ -767,12 +925,25 @@ func (p *Pool) abandon(ctx context.Context) error {
 		queued+running, queued, running, ctx.Err())
 }
 
-func (p *Pool) stopTimer() {
-	p.mu.Lock()
-	if p.rateTimer != nil {
-		p.rateTimer.Stop()
-	}
-	p.mu.Unlock()
+// release stops the rate timer and releases ants, once for all Shutdown
+// calls: concurrent calls into ants' Release race on its fields. With wait,
+// after a drain, it waits for ants' goroutines to exit, which is prompt
+// because no worker loop is left; concurrent callers wait with it (sync.Once
+// blocks them until the first call is done). After an abandonment it does
+// not wait: workers still running abandoned tasks exit when those return.
+func (p *Pool) release(wait bool) {
+	p.releaseOnce.Do(func() {
+		p.mu.Lock()
+		if p.rateTimer != nil {
+			p.rateTimer.Stop()
+		}
+		p.mu.Unlock()
+		if wait {
+			_ = p.ants.ReleaseContext(context.Background())
+		} else {
+			p.ants.Release()
+		}
+	})
 }
 
 // Stats returns a snapshot of the pool's state and counters. It does not
@@ -802,10 +973,7 @@ func (p *Pool) Tune(size int) {
 	p.ants.Tune(size)
 	// Retire surplus parked loops now rather than after their idle timeout.
 	for surplus := p.active - p.workers; surplus > 0 && len(p.idle) > 0; surplus-- {
-		w := p.idle[len(p.idle)-1]
-		p.idle[len(p.idle)-1] = nil
-		p.idle = p.idle[:len(p.idle)-1]
-		w.wake <- struct{}{}
+		p.wakeIdleLocked()
 	}
 	n := p.admitWaitersLocked()
 	p.mu.Unlock()
