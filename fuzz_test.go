@@ -234,7 +234,7 @@ func fuzzSeeds() []fuzzProgram {
 	mixed := []fuzzOp{
 		{0, opSubmit, taskReturn}, {1, opSubmit, taskFail}, {2, opSubmit, taskPanic},
 		{0, opSubmit, taskBrief}, {1, opTrySubmit, taskBlock}, {2, opSubmit, taskSubmit},
-		{0, opSubmitCtx, 2<<3 | taskReturn}, {1, opTune, 4}, {2, opStats, 0},
+		{0, opSubmitCtx, 2<<3 + taskReturn}, {1, opTune, 4}, {2, opStats, 0},
 		{0, opSubmit, taskTry}, {1, opSubmitCancel, taskBrief}, {2, opPause, 2},
 		{0, opTune, 2}, {1, opSubmit, taskBlock}, {2, opSubmit, taskReturn},
 		{0, opStats, 0}, {1, opBadInput, 1}, {2, opRelease, 0}, {0, opSubmit, taskFail},

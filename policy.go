@@ -32,7 +32,6 @@ package bgpool
 import (
 	"context"
 	"errors"
-	"reflect"
 	"time"
 )
 
@@ -59,7 +58,7 @@ var (
 	// Block waits until the task is admitted or ctx ends. When ctx ends
 	// first, Submit returns an error that matches both ErrOverloaded and
 	// ctx.Err(); when Shutdown begins first, ErrClosed.
-	Block Policy = PolicyFunc(blockOverflow)
+	Block Policy = blockPolicy{}
 
 	// Drop discards the task, counts it Dropped, and makes Submit return nil.
 	Drop Policy = PolicyFunc(func(_ context.Context, o *Overflow) error {
@@ -88,19 +87,18 @@ var (
 	})
 )
 
-// blockOverflow is Block's function. It is a named function, not a
-// literal, so that isBlock can recognise it.
-func blockOverflow(ctx context.Context, o *Overflow) error { return o.Wait(ctx) }
+// blockPolicy is Block's type. A type of its own lets New recognise Block
+// (isBlock) and let Submit wait without going through the Policy interface:
+// an Overflow passed to an interface method escapes to the heap, which would
+// cost an allocation per blocked Submit.
+type blockPolicy struct{}
 
-// isBlock reports whether pol is Block, whose waiting submit then runs
-// without going through the Policy interface: an Overflow passed to an
-// interface method escapes, so that would cost an allocation per blocked
-// Submit. Policy values hold functions, which == cannot compare (it panics),
-// so isBlock compares code pointers; blockOverflow captures nothing, so any
-// PolicyFunc with its code pointer behaves exactly like Block.
+func (blockPolicy) Overflow(ctx context.Context, o *Overflow) error { return o.Wait(ctx) }
+
+// isBlock reports whether pol is Block.
 func isBlock(pol Policy) bool {
-	f, ok := pol.(PolicyFunc)
-	return ok && f != nil && reflect.ValueOf(f).Pointer() == reflect.ValueOf(blockOverflow).Pointer()
+	_, ok := pol.(blockPolicy)
+	return ok
 }
 
 // BlockFor returns a Policy that waits like Block, but at most d. When d
