@@ -32,6 +32,12 @@ func (o Outcome) String() string {
 // A TaskEvent describes a task that reached its outcome.
 type TaskEvent struct {
 	Outcome Outcome
+	// Queued tells whether the task was admitted to the pool's queue (or
+	// handed to a worker), so that QueueWait is its time there. It is false
+	// for a task rejected or dropped on arrival, or run by CallerRuns.
+	Queued bool
+	// Started tells whether the task ran, so that RunTime is its run time.
+	Started bool
 	// QueueWait is how long the task waited between admission and its start
 	// (or its discarding or abandonment). It is zero for a task that was
 	// never queued: rejected, dropped on arrival, or run by CallerRuns.
@@ -64,14 +70,16 @@ func WithObserver(fn func(TaskEvent)) Option {
 }
 
 // observe reports an outcome to the observer, if there is one. admitted is
-// the task's admission time, zero if it was never queued.
-func (p *Pool) observe(out Outcome, admitted time.Time, ran time.Duration, err error) {
+// the task's admission time, zero if it was never queued; started tells
+// whether the task ran.
+func (p *Pool) observe(out Outcome, admitted time.Time, started bool, ran time.Duration, err error) {
 	fn := p.opts.observer
 	if fn == nil {
 		return
 	}
-	ev := TaskEvent{Outcome: out, RunTime: ran, Err: err}
+	ev := TaskEvent{Outcome: out, Started: started, RunTime: ran, Err: err}
 	if !admitted.IsZero() {
+		ev.Queued = true
 		ev.QueueWait = time.Since(admitted) - ran
 	}
 	fn(ev)
@@ -82,6 +90,6 @@ func (p *Pool) reject(err error) error {
 	p.mu.Lock()
 	p.stats.Rejected++
 	p.mu.Unlock()
-	p.observe(OutcomeRejected, time.Time{}, 0, err)
+	p.observe(OutcomeRejected, time.Time{}, false, 0, err)
 	return err
 }

@@ -93,6 +93,14 @@ func TestObserverSeesEveryOutcomeWithTimings(t *testing.T) {
 		assert.ErrorIs(t, got[bgpool.OutcomeRejected][0].Err, bgpool.ErrOverloaded)
 		assert.ErrorIs(t, got[bgpool.OutcomeRejected][1].Err, bgpool.ErrClosed)
 		require.Len(t, got[bgpool.OutcomeAbandoned], 1)
+		for out, events := range got {
+			for _, ev := range events {
+				ran := out == bgpool.OutcomeCompleted || out == bgpool.OutcomeFailed ||
+					out == bgpool.OutcomePanicked || out == bgpool.OutcomeAbandoned
+				assert.Equal(t, ran, ev.Started, "%v: Started", out)
+				assert.Equal(t, out != bgpool.OutcomeRejected, ev.Queued, "%v: Queued", out)
+			}
+		}
 
 		s := p.Stats()
 		rec.mu.Lock()
@@ -116,7 +124,10 @@ func TestObserverSeesDropsAndCallerRuns(t *testing.T) {
 			g := fill(t, p, 1)
 			require.NoError(t, p.Submit(context.Background(), noop))
 			got := rec.byOutcome()
-			assert.Len(t, got[tt.want], 1)
+			require.Len(t, got[tt.want], 1)
+			ev := got[tt.want][0]
+			assert.False(t, ev.Queued, "a task dropped on arrival or run by its caller never queued")
+			assert.Equal(t, tt.want == bgpool.OutcomeCompleted, ev.Started)
 			g.open()
 		})
 	}

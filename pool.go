@@ -415,7 +415,7 @@ func (p *Pool) finishLocked(admitted time.Time, out Outcome, ran time.Duration, 
 		if abandoned {
 			out, err = OutcomeAbandoned, nil
 		}
-		p.observe(out, admitted, ran, err)
+		p.observe(out, admitted, true, ran, err)
 		p.mu.Lock()
 	}
 	if len(p.waiters) > 0 {
@@ -447,9 +447,9 @@ func (p *Pool) taskExited() {
 		go p.startLoops(n)
 	}
 	if abandoned {
-		p.observe(OutcomeAbandoned, time.Time{}, 0, nil)
+		p.observe(OutcomeAbandoned, time.Time{}, true, 0, nil)
 	} else {
-		p.observe(OutcomeFailed, time.Time{}, 0, errGoexit)
+		p.observe(OutcomeFailed, time.Time{}, true, 0, errGoexit)
 	}
 }
 
@@ -524,7 +524,7 @@ func (p *Pool) nextGateLocked() (next, starts int) {
 		}
 		if p.opts.observer != nil {
 			p.mu.Unlock()
-			p.observe(OutcomeExpired, it.at, 0, nil)
+			p.observe(OutcomeExpired, it.at, false, 0, nil)
 			p.mu.Lock()
 		}
 		return nextPark, starts
@@ -730,7 +730,7 @@ func (p *Pool) dropOldest(submitCtx context.Context, task Task) error {
 		if wasQueued {
 			at = dropped.at
 		}
-		p.observe(OutcomeDropped, at, 0, nil)
+		p.observe(OutcomeDropped, at, false, 0, nil)
 	}
 	return nil
 }
@@ -741,7 +741,7 @@ func (p *Pool) runHere(submitCtx context.Context, task Task) {
 	p.mu.Lock()
 	p.countLocked(out)
 	p.mu.Unlock()
-	p.observe(out, time.Time{}, ran, err)
+	p.observe(out, time.Time{}, true, ran, err)
 }
 
 // drop counts a task discarded on arrival.
@@ -749,7 +749,7 @@ func (p *Pool) drop() {
 	p.mu.Lock()
 	p.stats.Dropped++
 	p.mu.Unlock()
-	p.observe(OutcomeDropped, time.Time{}, 0, nil)
+	p.observe(OutcomeDropped, time.Time{}, false, 0, nil)
 }
 
 // countLocked counts a task that ran. Requires p.mu.
@@ -914,7 +914,7 @@ func (p *Pool) abandon(ctx context.Context) error {
 	total := p.stats.Abandoned
 	p.mu.Unlock()
 	for _, at := range lost {
-		p.observe(OutcomeAbandoned, at, 0, nil)
+		p.observe(OutcomeAbandoned, at, false, 0, nil)
 	}
 	p.cancel(fmt.Errorf("bgpool: shutdown deadline passed: %w", context.Cause(ctx)))
 	p.release(false)
@@ -1001,6 +1001,6 @@ func (p *Pool) countDiscarded(tasks []item) {
 	p.stats.Dropped += uint64(len(tasks))
 	p.mu.Unlock()
 	for range tasks {
-		p.observe(OutcomeDropped, time.Time{}, 0, nil)
+		p.observe(OutcomeDropped, time.Time{}, false, 0, nil)
 	}
 }

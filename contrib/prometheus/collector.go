@@ -178,11 +178,6 @@ func (c *Collector) Watch(p *bgpool.Pool) {
 //   - bgpool_task_duration_seconds observes every task that ran, under its
 //     outcome; a task abandoned while it ran is observed when it returns,
 //     under outcome "abandoned".
-//
-// The event does not say whether a dropped task was queued; Observe takes a
-// QueueWait of zero to mean it was not, as it is for a task that Drop
-// discarded on arrival. Likewise an abandoned task with a RunTime of zero is
-// taken to have been abandoned in the queue.
 func (c *Collector) Observe(ev bgpool.TaskEvent) {
 	switch ev.Outcome {
 	case bgpool.OutcomeCompleted, bgpool.OutcomeFailed, bgpool.OutcomePanicked:
@@ -190,13 +185,13 @@ func (c *Collector) Observe(ev bgpool.TaskEvent) {
 		c.duration[ev.Outcome].Observe(ev.RunTime.Seconds())
 	case bgpool.OutcomeAbandoned:
 		c.queueWait.Observe(ev.QueueWait.Seconds())
-		if ev.RunTime > 0 {
+		if ev.Started {
 			c.duration[ev.Outcome].Observe(ev.RunTime.Seconds())
 		}
 	case bgpool.OutcomeExpired:
 		c.queueWait.Observe(ev.QueueWait.Seconds())
 	case bgpool.OutcomeDropped:
-		if ev.QueueWait > 0 {
+		if ev.Queued {
 			c.queueWait.Observe(ev.QueueWait.Seconds())
 		}
 	}
