@@ -49,11 +49,8 @@ func (e *PanicError) Unwrap() error {
 	return err
 }
 
-// overloaded is the error of a wait for room that ended: it matches both
-// ErrOverloaded and cause (a context error or ErrClosed).
+// overloaded is the error of a wait for room that ctx ended: it matches both
+// ErrOverloaded and cause, the context's error.
 func overloaded(cause error) error {
-	if errors.Is(cause, ErrClosed) {
-		return cause
-	}
 	return fmt.Errorf("%w: %w", ErrOverloaded, cause)
 }

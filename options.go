@@ -28,7 +28,6 @@ type options struct {
 	policy       Policy
 	limit        rate.Limit
 	burst        int
-	rateSet      bool
 	taskTimeout  time.Duration
 	maxQueueWait time.Duration
 	onError      func(context.Context, error)
@@ -93,7 +92,7 @@ func WithRateLimit(limit rate.Limit, burst int) Option {
 		if burst < 1 {
 			return fmt.Errorf("bgpool: WithRateLimit(%v, %d): burst must be at least 1", limit, burst)
 		}
-		o.limit, o.burst, o.rateSet = limit, burst, limit != rate.Inf
+		o.limit, o.burst = limit, burst
 		return nil
 	})
 }

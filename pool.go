@@ -152,7 +152,7 @@ func New(size int, opts ...Option) (*Pool, error) {
 		drained: make(chan struct{}),
 		workers: size,
 	}
-	if o.rateSet {
+	if o.limit > 0 && o.limit != rate.Inf {
 		p.limiter = rate.NewLimiter(o.limit, o.burst)
 	}
 	p.loopFn = p.loop
@@ -203,7 +203,7 @@ func (p *Pool) submit(ctx context.Context, task Task, overflow bool) error {
 		p.mu.Unlock()
 		return p.reject(ErrClosed)
 	}
-	if len(p.waiters) == 0 && p.roomLocked() {
+	if p.admitsLocked() {
 		p.queue.Push(it)
 		n := p.ensurePickersLocked()
 		p.mu.Unlock()
@@ -233,6 +233,13 @@ func (p *Pool) submit(ctx context.Context, task Task, overflow bool) error {
 		p.reject(err)
 	}
 	return err
+}
+
+// admitsLocked reports whether a task arriving now is admitted at once: no
+// earlier submitter is waiting for room (they go first) and there is room.
+// Requires p.mu.
+func (p *Pool) admitsLocked() bool {
+	return len(p.waiters) == 0 && p.roomLocked()
 }
 
 // roomLocked reports whether a new task can be admitted now: the queue holds
@@ -711,26 +718,23 @@ func (p *Pool) dropOldest(submitCtx context.Context, task Task) error {
 		p.mu.Unlock()
 		return p.reject(ErrClosed)
 	}
-	dropped, wasQueued := it, false
-	if len(p.waiters) == 0 && p.roomLocked() { // room appeared: nothing is dropped
+	dropped := false
+	var droppedAt time.Time // the admission time of the dropped task; zero if it is this one
+	if p.admitsLocked() {   // room appeared: nothing is dropped
 		p.queue.Push(it)
-		dropped.task = nil
 	} else {
+		dropped = true
 		p.stats.Dropped++
 		if old, ok := p.queue.Pop(); ok {
-			dropped, wasQueued = old, true
+			droppedAt = old.at
 			p.queue.Push(it)
 		}
 	}
 	n := p.ensurePickersLocked()
 	p.mu.Unlock()
 	p.startLoops(n)
-	if dropped.task != nil {
-		var at time.Time
-		if wasQueued {
-			at = dropped.at
-		}
-		p.observe(OutcomeDropped, at, false, 0, nil)
+	if dropped {
+		p.observe(OutcomeDropped, droppedAt, false, 0, nil)
 	}
 	return nil
 }
@@ -986,7 +990,7 @@ func (p *Pool) Tune(size int) {
 func (p *Pool) saturated() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.closed || len(p.waiters) > 0 || !p.roomLocked()
+	return p.closed || !p.admitsLocked()
 }
 
 // countDiscarded counts tasks that were kept for after the response and
