@@ -43,3 +43,7 @@ func TestExpvarPublishesStatsUnderTheChosenName(t *testing.T) {
 }
 
 var expvarRuns atomic.Int64
+
+func TestExpvarPanicsAtOnceOnANilPool(t *testing.T) {
+	assert.PanicsWithValue(t, "bgpool: Expvar: nil pool", func() { bgpool.Expvar(nil) })
+}

@@ -304,6 +304,8 @@ type fuzzRun struct {
 	runners  map[int64]int  // goroutine id -> tasks running on it (nested CallerRuns counts once)
 	peak     int            // most goroutines other than lanes running tasks at once
 	onLane   int            // tasks run on a lane's goroutine (CallerRuns)
+	onCaller int            // tasks running now on a submitter's goroutine (CallerRuns on a lane, or nested in a task)
+	peakCall int            // most of those at once: Stats counts them Running, beyond the cap
 }
 
 func (r *fuzzRun) problem(format string, args ...any) {
@@ -319,6 +321,11 @@ func (r *fuzzRun) releaseAll() { r.releaseOnce.Do(func() { close(r.release) }) }
 func (r *fuzzRun) enter() (leave func()) {
 	id := goid()
 	r.mu.Lock()
+	onCaller := r.lanes[id] || r.runners[id] > 0
+	if onCaller {
+		r.onCaller++
+		r.peakCall = max(r.peakCall, r.onCaller)
+	}
 	if r.lanes[id] {
 		r.onLane++
 	} else {
@@ -328,6 +335,9 @@ func (r *fuzzRun) enter() (leave func()) {
 	r.mu.Unlock()
 	return func() {
 		r.mu.Lock()
+		if onCaller {
+			r.onCaller--
+		}
 		if !r.lanes[id] {
 			if r.runners[id]--; r.runners[id] == 0 {
 				delete(r.runners, id)
@@ -627,8 +637,11 @@ func (r *fuzzRun) do(ctx context.Context, op fuzzOp) {
 		if settled(s) > s.Submitted {
 			r.problem("Stats: more tasks settled than submitted: %+v", s)
 		}
-		if int64(s.Running) > r.maxCap.Load() {
-			r.problem("Stats: Running %d exceeds the largest cap %d", s.Running, r.maxCap.Load())
+		r.mu.Lock()
+		onCallers := int64(r.peakCall)
+		r.mu.Unlock()
+		if int64(s.Running) > r.maxCap.Load()+onCallers {
+			r.problem("Stats: Running %d exceeds the largest cap %d plus %d tasks run by CallerRuns", s.Running, r.maxCap.Load(), onCallers)
 		}
 	case opShutdown:
 		if op.arg%5 == 4 {

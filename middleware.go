@@ -36,11 +36,13 @@ type middlewareOptions struct {
 // Retry-After header of retryAfter in whole seconds (rounded up, at least 1)
 // and a short plain-text body.
 //
-// The check is a snapshot taken as the request arrives, one brief lock; a
-// request that passed it may still find the pool full when it calls Go, so
-// handlers should still handle ErrOverloaded. The default is no shedding:
-// every request reaches the handler, which decides what to do when Go
-// returns ErrOverloaded.
+// Every request answered so is counted in Stats.Shed (and exported by the
+// contrib/prometheus collector as bgpool_requests_shed_total). The check is
+// a snapshot of a few atomic counters taken as the request arrives, with no
+// lock; a request that passed it may still find the pool full when it calls
+// Go, so handlers should still handle ErrOverloaded. The default is no
+// shedding: every request reaches the handler, which decides what to do
+// when Go returns ErrOverloaded.
 func WithShedding(retryAfter time.Duration) MiddlewareOption {
 	secs := max(int64(1), int64((retryAfter+time.Second-1)/time.Second))
 	return middlewareOptionFunc(func(o *middlewareOptions) {
@@ -138,6 +140,7 @@ type middleware struct {
 
 func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if m.opts.shed && m.pool.saturated() {
+		m.pool.countShed()
 		h := w.Header()
 		h.Set("Retry-After", m.opts.retryAfter)
 		http.Error(w, "503 service unavailable: too busy, retry later", http.StatusServiceUnavailable)

@@ -59,9 +59,12 @@ type TaskEvent struct {
 // fn is called synchronously, with no lock held, on the goroutine where the
 // outcome happens (a worker, or the submitter for rejected and dropped
 // tasks), possibly from many goroutines at once: it must be safe for
-// concurrent use and quick. A task abandoned while running is reported when
-// it returns, so one that never returns is never reported (Stats counts it
-// at once). A nil fn means no observer.
+// concurrent use and quick. Tasks that Shutdown abandons in the queue are
+// reported from a goroutine of their own, so that a slow fn cannot hold
+// Shutdown past its deadline. A task abandoned while running is reported
+// when it returns, so one that never returns is never reported (Stats
+// counts it at once). A panic in fn is recovered and logged. A nil fn means
+// no observer.
 func WithObserver(fn func(TaskEvent)) Option {
 	return optionFunc(func(o *options) error {
 		o.observer = fn
@@ -69,27 +72,24 @@ func WithObserver(fn func(TaskEvent)) Option {
 	})
 }
 
-// observe reports an outcome to the observer, if there is one. admitted is
-// the task's admission time, zero if it was never queued; started tells
-// whether the task ran.
-func (p *Pool) observe(out Outcome, admitted time.Time, started bool, ran time.Duration, err error) {
-	fn := p.opts.observer
-	if fn == nil {
-		return
+// observe reports an outcome to the observer. A panic in the observer is
+// recovered and logged, like one in the error handler, so that it can take
+// neither a worker nor a submitter down with it.
+func (p *Pool) observe(out Outcome, r report) {
+	defer func() {
+		if v := recover(); v != nil {
+			p.logger().Error("bgpool: observer panicked", "panic", v, "outcome", out.String())
+		}
+	}()
+	ev := TaskEvent{Outcome: out, Queued: r.queued, Started: r.started, RunTime: r.ran, Err: r.err}
+	if r.queued {
+		ev.QueueWait = max(0, p.now()-r.at-r.ran)
 	}
-	ev := TaskEvent{Outcome: out, Started: started, RunTime: ran, Err: err}
-	if !admitted.IsZero() {
-		ev.Queued = true
-		ev.QueueWait = time.Since(admitted) - ran
-	}
-	fn(ev)
+	p.opts.observer(ev)
 }
 
 // reject counts a task that was refused with err and returns err.
 func (p *Pool) reject(err error) error {
-	p.mu.Lock()
-	p.stats.Rejected++
-	p.mu.Unlock()
-	p.observe(OutcomeRejected, time.Time{}, false, 0, err)
+	p.settle(OutcomeRejected, report{err: err})
 	return err
 }

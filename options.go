@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -26,8 +27,7 @@ func (f optionFunc) apply(o *options) error { return f(o) }
 type options struct {
 	queueSize    int // -1 until WithQueueSize sets it
 	policy       Policy
-	limit        rate.Limit
-	burst        int
+	limiter      Limiter // nil for none
 	taskTimeout  time.Duration
 	maxQueueWait time.Duration
 	onError      func(context.Context, error)
@@ -38,7 +38,7 @@ type options struct {
 // setDefaults fills in every default in one place.
 func (o *options) setDefaults(size int) {
 	if o.queueSize < 0 {
-		o.queueSize = size
+		o.queueSize = min(size, MaxQueueSize)
 	}
 	if o.policy == nil {
 		o.policy = Block
@@ -46,8 +46,10 @@ func (o *options) setDefaults(size int) {
 }
 
 // WithQueueSize sets how many tasks may wait for a worker. The default is
-// the pool's size. Zero means hand-off only: a task is admitted only when a
-// worker can take it at once. A negative n is an error.
+// the pool's size, or MaxQueueSize if that is smaller. Zero means hand-off
+// only: a task is admitted only when a worker can take it at once. New
+// allocates the queue at once (see MaxQueueSize). A negative n, or one
+// above MaxQueueSize, is an error.
 func WithQueueSize(n int) Option {
 	return optionFunc(func(o *options) error {
 		if n < 0 {
@@ -59,10 +61,11 @@ func WithQueueSize(n int) Option {
 }
 
 // WithPolicy sets what Submit does when the queue is full. The default is
-// Block. A nil policy is an error.
+// Block. A nil policy, also a typed nil such as a nil PolicyFunc or a nil
+// pointer, is an error.
 func WithPolicy(p Policy) Option {
 	return optionFunc(func(o *options) error {
-		if p == nil || isNilFunc(p) {
+		if isNil(p) {
 			return errors.New("bgpool: WithPolicy(nil): policy must not be nil")
 		}
 		o.policy = p
@@ -70,16 +73,28 @@ func WithPolicy(p Policy) Option {
 	})
 }
 
-func isNilFunc(p Policy) bool {
-	f, ok := p.(PolicyFunc)
-	return ok && f == nil
+// isNil reports whether v is nil or an interface holding a nil pointer,
+// func, map, slice, channel or interface: a value whose methods would panic
+// later, which New refuses now.
+func isNil(v any) bool {
+	if v == nil {
+		return true
+	}
+	switch rv := reflect.ValueOf(v); rv.Kind() {
+	case reflect.Pointer, reflect.Func, reflect.Map, reflect.Slice, reflect.Chan, reflect.Interface, reflect.UnsafePointer:
+		return rv.IsNil()
+	}
+	return false
 }
 
 // WithRateLimit caps how fast tasks start: starts follow a token bucket that
 // refills at limit tokens per second and holds at most burst tokens (see
 // golang.org/x/time/rate). Tasks that arrive faster wait in the queue, and
-// the overflow policy handles the rest. While the pool waits for a token it
-// holds no worker idle and Submit does not block on the limiter.
+// the overflow policy handles the rest. Submit does not block on the
+// limiter: a worker takes the next task from the queue and waits for its
+// token, so besides the queue's QueueSize up to Workers tasks can be waiting
+// for a token (all counted Queued). It is WithLimiter with a Limiter over a
+// rate.Limiter.
 //
 // The default is no limit; rate.Inf also means no limit and costs nothing. A
 // limit that is not positive, or a burst below 1 (which x/time/rate would
@@ -92,7 +107,10 @@ func WithRateLimit(limit rate.Limit, burst int) Option {
 		if burst < 1 {
 			return fmt.Errorf("bgpool: WithRateLimit(%v, %d): burst must be at least 1", limit, burst)
 		}
-		o.limit, o.burst = limit, burst
+		o.limiter = nil
+		if limit != rate.Inf {
+			o.limiter = tokenBucket{rate.NewLimiter(limit, burst)}
+		}
 		return nil
 	})
 }

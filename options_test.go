@@ -200,30 +200,42 @@ func TestRateLimitCapsTaskStarts(t *testing.T) {
 	})
 }
 
-func TestRateLimitHoldsNoWorkerWhileWaitingForATokenAndAdmitsOnlyWhatFits(t *testing.T) {
+func TestRateLimitedWorkersWaitForTokensHoldingTheirTasks(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p, err := bgpool.New(4, bgpool.WithQueueSize(2), bgpool.WithRateLimit(1, 1), bgpool.WithPolicy(bgpool.Reject))
 		require.NoError(t, err)
-		base := runtime.NumGoroutine()
-		for i := 0; i < 3; i++ {
+		// One task takes the only token and completes; then each of the four
+		// workers holds a task and waits for its token, and two tasks wait
+		// in the queue. The next is rejected: every worker is taken and the
+		// queue is full.
+		for i := 0; i < 6; i++ {
 			require.NoError(t, p.Submit(context.Background(), noop), "task %d", i)
 		}
 		synctest.Wait()
-		// One task took the only token; two wait in the queue for tokens,
-		// and with the queue full the next is rejected even though workers
-		// are free: a free worker cannot start it before its token.
+		require.NoError(t, p.Submit(context.Background(), noop), "the task that took the token made room")
+		synctest.Wait()
 		assert.ErrorIs(t, p.Submit(context.Background(), noop), bgpool.ErrOverloaded)
 		s := p.Stats()
-		assert.Equal(t, 2, s.Queued)
+		assert.Equal(t, 6, s.Queued, "tasks waiting for a token count as Queued")
+		assert.Equal(t, 0, s.Running)
 		assert.Equal(t, uint64(1), s.Completed)
-		// No worker goroutine is parked waiting for the token: only ants'
-		// two housekeeping goroutines remain beside the ones we had.
-		assert.LessOrEqual(t, runtime.NumGoroutine(), base+2)
+		assert.Equal(t, s.Submitted, settled(s)+uint64(s.Queued+s.Running))
 
 		time.Sleep(2*time.Second + time.Millisecond) // a token a second
 		synctest.Wait()
 		assert.Equal(t, uint64(3), p.Stats().Completed)
-		require.NoError(t, p.Shutdown(context.Background()))
+
+		// Shutdown's deadline ends the wait for tokens: what is left is
+		// abandoned, and Shutdown returns at its deadline.
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		begin := time.Now()
+		assert.ErrorIs(t, p.Shutdown(ctx), context.DeadlineExceeded)
+		assert.Equal(t, 500*time.Millisecond, time.Since(begin))
+		synctest.Wait()
+		s = p.Stats()
+		assert.Equal(t, uint64(4), s.Abandoned)
+		assert.Equal(t, s.Submitted, settled(s))
 	})
 }
 

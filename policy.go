@@ -81,7 +81,8 @@ var (
 	// CallerRuns runs the task on the submitting goroutine, so Submit blocks
 	// for as long as the task runs and returns nil. The task gets the same
 	// context, timeout, panic recovery, error handler and counting as a task
-	// run by a worker, but it does not count towards Running or the size cap.
+	// run by a worker, and Shutdown waits for it, but it does not count
+	// towards the size cap (see Overflow.Run).
 	CallerRuns Policy = PolicyFunc(func(_ context.Context, o *Overflow) error {
 		return o.Run()
 	})
@@ -127,19 +128,40 @@ type Overflow struct {
 	ctx     context.Context
 	task    Task
 	settled bool
+	waiting bool // the Submit is counted in Stats.Waiting (see Pool.overflow)
+}
+
+// leave takes the Submit out of Stats.Waiting, once, before the task is
+// settled.
+func (o *Overflow) leave() {
+	if o.waiting {
+		o.waiting = false
+		o.pool.stats.unwait()
+	}
 }
 
 // Wait blocks until the task is admitted to the queue or a worker, in FIFO
 // order with other waiting submitters, and returns nil; or until ctx ends,
 // and returns an error matching both ErrOverloaded and ctx.Err(); or until
-// Shutdown begins, and returns ErrClosed. An unsuccessful Wait leaves the
-// task unsettled, so the policy may still Drop, Reject or Run it.
+// Shutdown begins, and returns ErrClosed. A nil ctx is an error. An
+// unsuccessful Wait leaves the task unsettled, so the policy may still Drop,
+// Reject or Run it.
 func (o *Overflow) Wait(ctx context.Context) error {
 	if o.settled {
 		return errSettled
 	}
-	err := o.pool.wait(ctx, o.ctx, o.task)
-	o.settled = err == nil
+	it := item{ctx: o.ctx, task: o.task}
+	if o.pool.stamp {
+		it.at = o.pool.now()
+	}
+	if !o.waiting { // an Overflow made by hand; wait expects a counted waiter
+		o.waiting = true
+		o.pool.stats.waiting.Add(1)
+	}
+	err := o.pool.wait(ctx, it)
+	if err == nil {
+		o.settled, o.waiting = true, false // wait took it out of Waiting
+	}
 	return err
 }
 
@@ -149,7 +171,8 @@ func (o *Overflow) Drop() error {
 		return errSettled
 	}
 	o.settled = true
-	o.pool.drop()
+	o.leave()
+	o.pool.settle(OutcomeDropped, report{})
 	return nil
 }
 
@@ -159,6 +182,7 @@ func (o *Overflow) Reject() error {
 		return errSettled
 	}
 	o.settled = true
+	o.leave()
 	return o.pool.reject(ErrOverloaded)
 }
 
@@ -171,19 +195,23 @@ func (o *Overflow) DropOldest() error {
 		return errSettled
 	}
 	o.settled = true
-	return o.pool.dropOldest(o.ctx, o.task)
+	o.leave()
+	return o.pool.dropOldest(item{ctx: o.ctx, task: o.task})
 }
 
 // Run runs the task on the calling goroutine, blocking until it returns,
 // with the pool's task context, timeout, panic recovery, error handler and
-// counting. The task does not count towards Running or the size cap. Run
-// returns nil: the task's own error goes to the error handler, as for a task
-// run by a worker.
+// counting. The task counts as Running, and Shutdown waits for it and, at
+// its deadline, abandons it like a task on a worker; it does not count
+// towards the size cap and does not wait for a rate-limit token. Run
+// returns nil: the task's own error goes to the error handler, as for a
+// task run by a worker. After Shutdown has begun, Run does not run the
+// task: it counts it Rejected and returns ErrClosed.
 func (o *Overflow) Run() error {
 	if o.settled {
 		return errSettled
 	}
 	o.settled = true
-	o.pool.runHere(o.ctx, o.task)
-	return nil
+	o.leave()
+	return o.pool.runHere(item{ctx: o.ctx, task: o.task})
 }

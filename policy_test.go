@@ -54,7 +54,7 @@ func TestBlockIsInterruptedByShutdown(t *testing.T) {
 	g := fill(t, p, 1)
 	submitted := make(chan error, 1)
 	go func() { submitted <- p.Submit(context.Background(), noop) }()
-	require.Eventually(t, func() bool { return p.Stats().Submitted == 2 }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return p.Stats().Waiting == 1 }, 5*time.Second, time.Millisecond)
 	shut := make(chan error, 1)
 	go func() { shut <- p.Shutdown(context.Background()) }()
 	assert.ErrorIs(t, <-submitted, bgpool.ErrClosed)
@@ -83,7 +83,7 @@ func TestBlockAdmitsWaitersInFIFOOrder(t *testing.T) {
 			})
 		}()
 		// Each submitter is waiting before the next one starts.
-		require.Eventually(t, func() bool { return p.Stats().Submitted == uint64(2+i) }, 5*time.Second, time.Millisecond)
+		require.Eventually(t, func() bool { return p.Stats().Waiting == 1+i }, 5*time.Second, time.Millisecond)
 		time.Sleep(time.Millisecond)
 	}
 	g.open()
@@ -213,7 +213,7 @@ func TestCallerRunsRunsOnTheSubmittingGoroutine(t *testing.T) {
 	assert.Equal(t, uint64(1), s.Completed)
 	assert.Equal(t, uint64(1), s.Panicked)
 	assert.Equal(t, uint64(1), s.Failed)
-	assert.Equal(t, 1, s.Running, "CallerRuns tasks are not counted as Running")
+	assert.Equal(t, 1, s.Running, "CallerRuns tasks count as Running only while they run")
 	mu.Lock()
 	defer mu.Unlock()
 	require.Len(t, handled, 2)

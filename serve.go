@@ -87,7 +87,9 @@ func (rd *Readiness) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 // Serve blocks until all of that is over. It returns nil when ctx ended and
 // everything finished in time. Otherwise it returns an error that says what
 // was abandoned: in-flight connections, the number of tasks (matching
-// context.DeadlineExceeded with errors.Is), or the listener's own error.
+// context.DeadlineExceeded with errors.Is), or the listener's own error. An
+// error from closing ln in step 2 is reported as such ("closing the
+// listener"); it does not cut the shutdown short.
 // Serve always closes ln and leaves p shut down, except when it returns an
 // error for bad input (a nil ctx, srv, ln or p, a negative grace, or an
 // invalid option), which it does at once, touching nothing but closing ln.
@@ -198,9 +200,15 @@ func serve(ctx context.Context, srv *http.Server, ln net.Listener, p *Pool, grac
 		errs = append(errs, fmt.Errorf("bgpool: serve: %w", serveErr))
 	}
 	// Shutdown also makes a Serve that has not started yet return at once.
-	if err := srv.Shutdown(sctx); err != nil {
+	// It fails in one of two ways: sctx ended while requests were in flight,
+	// or closing a listener failed (and it waited for the requests anyway).
+	switch err := srv.Shutdown(sctx); {
+	case err == nil: // every request finished in time
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		_ = srv.Close()
 		errs = append(errs, fmt.Errorf("bgpool: serve: in-flight requests did not finish within grace %v; their connections were closed: %w", grace, err))
+	default:
+		errs = append(errs, fmt.Errorf("bgpool: serve: closing the listener: %w", err))
 	}
 	if serving {
 		if err := <-served; !errors.Is(err, http.ErrServerClosed) {

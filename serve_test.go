@@ -271,6 +271,52 @@ func TestServeShutsThePoolDownWhenTheListenerFails(t *testing.T) {
 	assert.Equal(t, uint64(1), p.Stats().Completed)
 }
 
+// closeFailingListener is a listener whose Close closes the listener it
+// wraps and then reports errClose.
+type closeFailingListener struct {
+	net.Listener
+}
+
+var errClose = errors.New("close boom")
+
+func (l closeFailingListener) Close() error {
+	_ = l.Listener.Close()
+	return errClose
+}
+
+func TestServeReportsAListenerCloseErrorAsSuch(t *testing.T) {
+	p := httpPool(t, 1)
+	hold := make(chan struct{})
+	ran := make(chan struct{})
+	require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+		<-hold
+		close(ran)
+		return nil
+	}))
+	ln := closeFailingListener{listen(t)}
+	addr := ln.Addr().String()
+	srv := newServer(t, http.NotFoundHandler())
+	shutdownBegan := make(chan struct{})
+	srv.RegisterOnShutdown(func() { close(shutdownBegan) })
+	result, stop := startServe(t, srv, ln, p, 10*time.Second)
+	resp, _ := get(t, "http://"+addr)
+	assert.Equal(t, http.StatusNotFound, resp.StatusCode)
+
+	stop()
+	wait(t, shutdownBegan, "srv.Shutdown")
+	close(hold) // the pool's shutdown still runs the task
+	err := wait(t, result, "Serve")
+	require.Error(t, err)
+	assert.ErrorIs(t, err, errClose)
+	assert.Contains(t, err.Error(), "bgpool: serve: closing the listener: close boom")
+	assert.NotContains(t, err.Error(), "in-flight requests", "no request was in flight")
+	assert.NotErrorIs(t, err, context.DeadlineExceeded)
+	wait(t, ran, "the queued task")
+	assert.Equal(t, uint64(1), p.Stats().Completed)
+	assert.ErrorIs(t, p.TrySubmit(context.Background(), func(context.Context) error { return nil }), bgpool.ErrClosed)
+	assert.True(t, refused(addr), "the listener is closed all the same")
+}
+
 func TestServeWithShutdownDelayKeepsServingWhileNotReady(t *testing.T) {
 	const delay = 2 * time.Second
 	p := httpPool(t, 1)

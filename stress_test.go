@@ -289,7 +289,7 @@ func TestShutdownReleasesEveryWorkerBlockedSubmittingToItsOwnPool(t *testing.T) 
 			close(begin)
 			// Wait until the nested submits have filled the queue and, under
 			// Block, wait for room that never comes.
-			require.Eventually(t, func() bool { return p.Stats().Submitted >= size+2 }, 5*time.Second, time.Millisecond)
+			require.Eventually(t, func() bool { s := p.Stats(); return s.Submitted+uint64(s.Waiting) >= size+2 }, 5*time.Second, time.Millisecond)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			require.NoError(t, p.Shutdown(ctx), "Shutdown drains without abandoning")

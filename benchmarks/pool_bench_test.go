@@ -30,9 +30,14 @@ const tasks = 100_000
 // state. Every task value a contender submits is made once in open, so a
 // contender pays for a fresh value per task only when its API forces one;
 // bgpool-fresh-closure makes one per task on purpose, to show that cost.
+//
+// queue is how many tasks may wait for a worker, for the contenders that
+// have a queue (channel, pond, bgpool); the others ignore it. Zero means the
+// contender's own setting in BenchmarkEmptyTasks: the channel and bgpool as
+// deep as there are workers (bgpool's default), pond 1024.
 type contender struct {
 	name string
-	open func(tb testing.TB, workers int, body func()) runner
+	open func(tb testing.TB, workers, queue int, body func()) runner
 }
 
 // A runner is an opened contender.
@@ -75,11 +80,14 @@ func fanOut(n, submitters int, submit func(k int)) {
 	wg.Wait()
 }
 
-// openChannel is the floor: a buffered channel, as deep as there are
-// workers, feeding workers long-lived goroutines.
-func openChannel(_ testing.TB, workers int, body func()) runner {
+// openChannel is the floor: a buffered channel, queue deep (as deep as there
+// are workers when queue is zero), feeding workers long-lived goroutines.
+func openChannel(_ testing.TB, workers, queue int, body func()) runner {
+	if queue == 0 {
+		queue = workers
+	}
 	var wg sync.WaitGroup
-	ch := make(chan func(), workers)
+	ch := make(chan func(), queue)
 	var workersDone sync.WaitGroup
 	for range workers {
 		workersDone.Go(func() {
@@ -104,7 +112,7 @@ func openChannel(_ testing.TB, workers int, body func()) runner {
 }
 
 // openGoroutines starts one goroutine per task, with no bound.
-func openGoroutines(_ testing.TB, _ int, body func()) runner {
+func openGoroutines(_ testing.TB, _, _ int, body func()) runner {
 	var wg sync.WaitGroup
 	task := func() { body(); wg.Done() }
 	return runner{
@@ -123,7 +131,7 @@ func openGoroutines(_ testing.TB, _ int, body func()) runner {
 
 // openErrgroup uses one errgroup.Group with SetLimit(workers); Go blocks
 // while workers goroutines are running and starts a goroutine per task.
-func openErrgroup(_ testing.TB, workers int, body func()) runner {
+func openErrgroup(_ testing.TB, workers, _ int, body func()) runner {
 	var g errgroup.Group
 	g.SetLimit(workers)
 	task := func() error { body(); return nil }
@@ -143,7 +151,7 @@ func openErrgroup(_ testing.TB, workers int, body func()) runner {
 // openConc uses conc's pool.Pool with WithMaxGoroutines(workers). A conc
 // Pool cannot be reused after Wait, so every run makes a new one; its setup
 // cost is spread over the run's tasks.
-func openConc(_ testing.TB, workers int, body func()) runner {
+func openConc(_ testing.TB, workers, _ int, body func()) runner {
 	return runner{
 		run: func(n, submitters int) {
 			p := pool.New().WithMaxGoroutines(workers)
@@ -160,7 +168,7 @@ func openConc(_ testing.TB, workers int, body func()) runner {
 
 // openAnts submits every task to an ants.Pool of size workers with ants'
 // blocking Submit.
-func openAnts(tb testing.TB, workers int, body func()) runner {
+func openAnts(tb testing.TB, workers, _ int, body func()) runner {
 	p, err := ants.NewPool(workers)
 	if err != nil {
 		tb.Fatal(err)
@@ -183,13 +191,17 @@ func openAnts(tb testing.TB, workers int, body func()) runner {
 	}
 }
 
-// openPond returns the opener of a pond v2 pool with a queue of 1024 tasks
-// (submitting blocks while it is full). Without useGo it submits with
-// Submit, pond's documented call, which returns a future for every task;
-// with useGo it uses Go, pond's cheapest call, which returns none.
-func openPond(useGo bool) func(testing.TB, int, func()) runner {
-	return func(_ testing.TB, workers int, body func()) runner {
-		p := pond.NewPool(workers, pond.WithQueueSize(1024))
+// openPond returns the opener of a pond v2 pool with a queue of queue tasks,
+// 1024 when queue is zero (submitting blocks while it is full). Without
+// useGo it submits with Submit, pond's documented call, which returns a
+// future for every task; with useGo it uses Go, pond's cheapest call, which
+// returns none.
+func openPond(useGo bool) func(testing.TB, int, int, func()) runner {
+	return func(_ testing.TB, workers, queue int, body func()) runner {
+		if queue == 0 {
+			queue = 1024
+		}
+		p := pond.NewPool(workers, pond.WithQueueSize(queue))
 		var wg sync.WaitGroup
 		task := func() { body(); wg.Done() }
 		submit := func(k int) {
@@ -218,14 +230,18 @@ func openPond(useGo bool) func(testing.TB, int, func()) runner {
 }
 
 // openBgpool returns the opener of a bgpool contender with Submit and the
-// Block policy:
+// Block policy, and WithQueueSize(queue) unless queue is zero (bgpool's
+// default queue is as deep as there are workers):
 //   - "": default options, one task value for every task;
 //   - "timeout-ratelimit": WithTaskTimeout and WithRateLimit(rate.Inf, 1);
 //   - "fresh-closure": default options, a new closure for every task, as a
 //     caller that captures per-task data would submit.
-func openBgpool(variant string) func(testing.TB, int, func()) runner {
-	return func(tb testing.TB, workers int, body func()) runner {
+func openBgpool(variant string) func(testing.TB, int, int, func()) runner {
+	return func(tb testing.TB, workers, queue int, body func()) runner {
 		var opts []bgpool.Option
+		if queue != 0 {
+			opts = append(opts, bgpool.WithQueueSize(queue))
+		}
 		if variant == "timeout-ratelimit" {
 			opts = append(opts, bgpool.WithTaskTimeout(time.Minute), bgpool.WithRateLimit(rate.Inf, 1))
 		}
@@ -298,21 +314,105 @@ func BenchmarkEmptyTasks(b *testing.B) {
 			for _, submitters := range []int{1, 8} {
 				name := fmt.Sprintf("submitters=%d/workers=%d", submitters, workers)
 				b.Run(name, func(b *testing.B) {
-					r := c.open(b, workers, func() {})
+					r := c.open(b, workers, 0, func() {})
 					defer r.close()
-					r.run(tasks, submitters) // warm up: start the workers
-					b.ReportAllocs()
-					var before runtime.MemStats
-					runtime.ReadMemStats(&before)
-					for b.Loop() {
-						r.run(tasks, submitters)
-					}
-					b.StopTimer()
-					reportPerTask(b, &before)
+					measure(b, r, submitters)
 				})
 			}
 		})
 	}
+}
+
+// measure times r running 100,000 tasks per iteration from submitters
+// goroutines, after one untimed run that starts the workers, and reports
+// the figures per task.
+func measure(b *testing.B, r runner, submitters int) {
+	r.run(tasks, submitters) // warm up: start the workers
+	b.ReportAllocs()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for b.Loop() {
+		r.run(tasks, submitters)
+	}
+	b.StopTimer()
+	reportPerTask(b, &before)
+}
+
+// submitterContenders are the contenders of BenchmarkSubmitters: the floor,
+// the pool bgpool runs on, bgpool with and without its per-task options, and
+// pond's cheapest call (Go, "pond-go" in BenchmarkEmptyTasks), each with a
+// queue of the same depth where it has one.
+var submitterContenders = []contender{
+	{"channel", openChannel},
+	{"ants", openAnts},
+	{"bgpool", openBgpool("")},
+	{"bgpool-timeout-ratelimit", openBgpool("timeout-ratelimit")},
+	{"pond", openPond(true)},
+}
+
+// BenchmarkSubmitters measures how the cost per task grows with the number
+// of goroutines calling Submit at once: every iteration runs 100,000 empty
+// tasks on 64 workers behind a queue of 1024 (ants has no queue: its
+// submitters wait for a worker), submitted from 1, 8, 64 and 512
+// goroutines. Submitters outnumber the cores from 8 on, so this is the
+// benchmark of contention on the pool's admission path. fanOut starts the
+// submitter goroutines anew every iteration, the same for every contender:
+// at 512 submitters that adds about 0.01 allocations (two per submitter)
+// and a few ns a task.
+func BenchmarkSubmitters(b *testing.B) {
+	const workers, queue = 64, 1024
+	for _, c := range submitterContenders {
+		b.Run("pool="+c.name, func(b *testing.B) {
+			for _, submitters := range []int{1, 8, 64, 512} {
+				b.Run(fmt.Sprintf("submitters=%d", submitters), func(b *testing.B) {
+					r := c.open(b, workers, queue, func() {})
+					defer r.close()
+					measure(b, r, submitters)
+				})
+			}
+		})
+	}
+}
+
+// BenchmarkBlockedSubmit measures a Submit that has to wait: 2 workers, a
+// queue of 2, 8 submitters, and tasks that each spin for about 1µs and then
+// yield their core, so that nearly every Submit finds the queue full and
+// waits under the Block policy. The yield is what makes the submitters wait
+// on a 2-core machine: without it the two spinning workers hold both cores,
+// run the queue dry before a readied submitter gets to run, and only about
+// a quarter of the Submits wait; with it, a block profile shows more than
+// 99% of them blocked in the pool. ns/task is set by the workers and the
+// scheduler; the figure to watch is allocs/task, which counts what a waiting
+// Submit allocates, since the task value is made once and the task itself
+// allocates nothing.
+func BenchmarkBlockedSubmit(b *testing.B) {
+	const workers, queue, submitters = 2, 2, 8
+	b.Run(fmt.Sprintf("pool=bgpool/submitters=%d", submitters), func(b *testing.B) {
+		r := openBgpool("")(b, workers, queue, func() {
+			spin(spinSteps)
+			runtime.Gosched()
+		})
+		defer r.close()
+		measure(b, r, submitters)
+	})
+}
+
+// spinSteps xorshift steps take about 1µs on the machine of the README.
+const spinSteps = 500
+
+// spin is a fixed amount of CPU work without sleeping or allocating: steps
+// rounds of a xorshift generator. It is not inlined, so the loop stays even
+// though callers drop the result.
+//
+//go:noinline
+func spin(steps int) uint64 {
+	x := uint64(88172645463325252)
+	for range steps {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+	}
+	return x
 }
 
 // BenchmarkSleepTasks measures what bounding saves: every iteration runs
@@ -331,7 +431,7 @@ func BenchmarkSleepTasks(b *testing.B) {
 			b.Run(fmt.Sprintf("sleep=%v/pool=%s/workers=%d", d, c.name, workers), func(b *testing.B) {
 				runtime.GC()
 				s := startSampler() // before open: workers started there count
-				r := c.open(b, workers, sleep)
+				r := c.open(b, workers, 0, sleep)
 				defer r.close()
 				b.ReportAllocs()
 				var before runtime.MemStats

@@ -12,11 +12,11 @@
 //	c.Watch(p)
 //	prometheus.MustRegister(c)
 //
-// A Collector gets its figures from two places. The gauges and the
-// bgpool_tasks_total counter are read from p.Stats() at scrape time, so they
-// always agree with Stats and cost nothing between scrapes. The two
-// histograms are fed per task by Observe, the pool's observer hook
-// (bgpool.WithObserver), since Stats keeps no timings.
+// A Collector gets its figures from two places. The gauges and the two
+// counters are read from p.Stats() at scrape time, so they always agree with
+// Stats and cost nothing between scrapes. The two histograms are fed per
+// task by Observe, the pool's observer hook (bgpool.WithObserver), since
+// Stats keeps no timings.
 //
 // The metrics, each with a constant pool label naming the pool:
 //
@@ -25,6 +25,7 @@
 //	bgpool_queued                 gauge      tasks waiting for a worker (Stats.Queued)
 //	bgpool_queue_capacity         gauge      the queue's capacity (Stats.QueueSize)
 //	bgpool_tasks_total            counter    tasks that reached an outcome, by outcome
+//	bgpool_requests_shed_total    counter    HTTP requests answered 503 by WithShedding (Stats.Shed)
 //	bgpool_queue_wait_seconds     histogram  time from admission to start or discarding
 //	bgpool_task_duration_seconds  histogram  run time of tasks that ran, by outcome
 //
@@ -76,8 +77,8 @@ var ranOutcomes = [...]bgpool.Outcome{
 // All methods are safe for concurrent use.
 //
 // Before Watch, and after Watch(nil), Collect reports the histograms only:
-// the gauges and bgpool_tasks_total are left out rather than reported as
-// zeros, which would read as a pool with no workers.
+// the gauges and the counters are left out rather than reported as zeros,
+// which would read as a pool with no workers.
 //
 // Several pools are told apart by the pool label that New takes: register one
 // Collector per pool on the same registry. Registering two Collectors with
@@ -90,6 +91,7 @@ type Collector struct {
 	queued        *prometheus.Desc
 	queueCapacity *prometheus.Desc
 	tasks         *prometheus.Desc
+	shed          *prometheus.Desc
 
 	queueWait   prometheus.Histogram
 	durationVec *prometheus.HistogramVec
@@ -138,6 +140,12 @@ func New(pool string, opts ...Option) (*Collector, error) {
 		tasks: prometheus.NewDesc("bgpool_tasks_total",
 			"Tasks that reached an outcome: completed, failed, panicked, dropped (expired tasks included), rejected or abandoned.",
 			[]string{"outcome"}, labels),
+		// Shed requests are not tasks: they get a counter of their own
+		// rather than an outcome of bgpool_tasks_total, whose outcomes add
+		// up to Stats.Submitted.
+		shed: prometheus.NewDesc("bgpool_requests_shed_total",
+			"HTTP requests answered 503 by bgpool.Middleware's WithShedding without reaching the handler.",
+			nil, labels),
 		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:        "bgpool_queue_wait_seconds",
 			Help:        "Time tasks waited between admission and their start, or their discarding from the queue.",
@@ -157,11 +165,11 @@ func New(pool string, opts ...Option) (*Collector, error) {
 	return c, nil
 }
 
-// Watch makes the Collector report p's Stats: the gauges and
-// bgpool_tasks_total. Call it once p exists, with the pool whose observer is
-// c.Observe. A later call replaces the pool (Prometheus reads the counters'
-// restart from the new pool's values as a counter reset); Watch(nil) stops
-// reporting them. Watch does not block.
+// Watch makes the Collector report p's Stats: the gauges, bgpool_tasks_total
+// and bgpool_requests_shed_total. Call it once p exists, with the pool whose
+// observer is c.Observe. A later call replaces the pool (Prometheus reads the
+// counters' restart from the new pool's values as a counter reset);
+// Watch(nil) stops reporting them. Watch does not block.
 func (c *Collector) Watch(p *bgpool.Pool) {
 	c.pool.Store(p)
 }
@@ -206,12 +214,13 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.queued
 	ch <- c.queueCapacity
 	ch <- c.tasks
+	ch <- c.shed
 	c.queueWait.Describe(ch)
 	c.durationVec.Describe(ch)
 }
 
-// Collect sends the current metrics: the gauges and bgpool_tasks_total from
-// one call to the watched pool's Stats (a brief lock in the pool), and the
+// Collect sends the current metrics: the gauges and the counters from one
+// call to the watched pool's Stats (a brief lock in the pool), and the
 // histograms. It implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if p := c.pool.Load(); p != nil {
@@ -224,6 +233,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for i, out := range statsOutcomes {
 			ch <- prometheus.MustNewConstMetric(c.tasks, prometheus.CounterValue, float64(counts[i]), out.String())
 		}
+		ch <- prometheus.MustNewConstMetric(c.shed, prometheus.CounterValue, float64(s.Shed))
 	}
 	c.queueWait.Collect(ch)
 	c.durationVec.Collect(ch)

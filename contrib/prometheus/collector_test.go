@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -113,7 +114,16 @@ const tasksHelp = `
 # TYPE bgpool_tasks_total counter
 `
 
+const shedHelp = `
+# HELP bgpool_requests_shed_total HTTP requests answered 503 by bgpool.Middleware's WithShedding without reaching the handler.
+# TYPE bgpool_requests_shed_total counter
+`
+
 var gaugeNames = []string{"bgpool_workers", "bgpool_running", "bgpool_queued", "bgpool_queue_capacity"}
+
+// statsNames are the metrics that come from Stats: the gauges and the
+// counters.
+var statsNames = append(gaugeNames[:len(gaugeNames):len(gaugeNames)], "bgpool_tasks_total", "bgpool_requests_shed_total")
 
 func TestCollectorReportsAKnownWorkload(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -410,15 +420,47 @@ func TestCollectorOutcomes(t *testing.T) {
 
 func TestUnwatchedCollectorReportsOnlyHistograms(t *testing.T) {
 	c := newCollector(t, "mail")
-	assert.Equal(t, 0, testutil.CollectAndCount(c, append(gaugeNames, "bgpool_tasks_total")...), "before Watch")
+	assert.Equal(t, 0, testutil.CollectAndCount(c, statsNames...), "before Watch")
 	assert.Equal(t, 1, testutil.CollectAndCount(c, "bgpool_queue_wait_seconds"))
 	assert.Equal(t, 4, testutil.CollectAndCount(c, "bgpool_task_duration_seconds"), "one series per outcome of a task that ran")
 
 	newPool(t, c, 2)
-	assert.Equal(t, 4+6, testutil.CollectAndCount(c, append(gaugeNames, "bgpool_tasks_total")...), "after Watch")
+	assert.Equal(t, 4+6+1, testutil.CollectAndCount(c, statsNames...), "after Watch")
 
 	c.Watch(nil)
-	assert.Equal(t, 0, testutil.CollectAndCount(c, append(gaugeNames, "bgpool_tasks_total")...), "after Watch(nil)")
+	assert.Equal(t, 0, testutil.CollectAndCount(c, statsNames...), "after Watch(nil)")
+}
+
+func TestCollectorCountsShedRequests(t *testing.T) {
+	c := newCollector(t, "mail")
+	p := newPool(t, c, 1, bgpool.WithQueueSize(0))
+	started := make(chan struct{})
+	release := make(chan struct{})
+	require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+		close(started)
+		<-release
+		return nil
+	}))
+	defer close(release)
+	<-started // the only worker is busy and there is no queue: the pool is saturated
+
+	var handled atomic.Bool
+	h := bgpool.Middleware(p, bgpool.WithShedding(time.Second))(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		handled.Store(true)
+	}))
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL)
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "the request was shed")
+	require.False(t, handled.Load(), "the handler did not run")
+
+	err = testutil.CollectAndCompare(c, strings.NewReader(shedHelp+`
+bgpool_requests_shed_total{pool="mail"} 1
+`), "bgpool_requests_shed_total")
+	assert.NoError(t, err)
+	assert.Equal(t, uint64(1), p.Stats().Shed)
 }
 
 func TestScrapeOverHTTP(t *testing.T) {
@@ -467,7 +509,8 @@ func TestScrapeOverHTTP(t *testing.T) {
 	} {
 		assert.Contains(t, lines, want)
 	}
-	assert.Len(t, lines, 4+6+(14+3)+4*(14+3), "every series: gauges, counters, histograms")
+	assert.Contains(t, lines, `bgpool_requests_shed_total{pool="mail"} 0`)
+	assert.Len(t, lines, 4+6+1+(14+3)+4*(14+3), "every series: gauges, counters, histograms")
 }
 
 func TestTwoPoolsShareARegistry(t *testing.T) {

@@ -32,7 +32,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	c.Watch(p) // the gauges and bgpool_tasks_total come from p.Stats()
+	c.Watch(p) // the gauges and the counters come from p.Stats()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c)
@@ -62,6 +62,7 @@ func Example() {
 	// Output:
 	// bgpool_queue_capacity{pool="mail"} 100
 	// bgpool_queued{pool="mail"} 0
+	// bgpool_requests_shed_total{pool="mail"} 0
 	// bgpool_running{pool="mail"} 0
 	// bgpool_tasks_total{outcome="abandoned",pool="mail"} 0
 	// bgpool_tasks_total{outcome="completed",pool="mail"} 2

@@ -11,7 +11,15 @@
 // requests finish, lets queued and running jobs finish, and exits 0 if all of
 // that took less than -grace. Jobs still running then are cancelled and
 // counted Abandoned, and it exits 1. Its last line on stdout is the final
-// Stats: "stats: {...}".
+// Stats: "stats: {...}". A bad flag makes it print the error and the usage
+// and exit 2, before it starts anything.
+//
+// Stop it with Ctrl-C in the terminal where it runs, or send it SIGTERM.
+// For kill -TERM, build it first, since the pid of go run is the go
+// command's, and killing that leaves the server running:
+//
+//	go build -o server ./examples/server && ./server -grace 10s
+//	kill -TERM <its pid>
 package main
 
 import (
@@ -32,29 +40,72 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	cfg := parseFlags()
+	if err := run(cfg); err != nil {
 		slog.Error("server stopped", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on; port 0 picks a free port")
-	grace := flag.Duration("grace", 10*time.Second, "how long shutdown may take, from SIGTERM to exit")
-	readyDelay := flag.Duration("ready-delay", 0, "how long to keep serving, with /readyz answering 503, before closing the listener")
-	workers := flag.Int("workers", 8, "jobs running at once")
-	queue := flag.Int("queue", 64, "jobs waiting for a worker")
+// config holds the command line's flags.
+type config struct {
+	addr              string
+	grace, readyDelay time.Duration
+	workers, queue    int
+}
+
+// parseFlags parses the command line. On a bad flag it does what the flag
+// package does, before anything has started: it prints the error and the
+// usage, and exits 2.
+func parseFlags() config {
+	var c config
+	flag.StringVar(&c.addr, "addr", "127.0.0.1:8080", "address to listen on; port 0 picks a free port")
+	flag.DurationVar(&c.grace, "grace", 10*time.Second, "how long shutdown may take, from SIGTERM to exit")
+	flag.DurationVar(&c.readyDelay, "ready-delay", 0, "how long to keep serving, with /readyz answering 503, before closing the listener")
+	flag.IntVar(&c.workers, "workers", 8, "jobs running at once")
+	flag.IntVar(&c.queue, "queue", 64, "jobs waiting for a worker")
 	flag.Parse()
+	if err := c.check(); err != nil {
+		fmt.Fprintln(flag.CommandLine.Output(), err)
+		flag.Usage()
+		os.Exit(2)
+	}
+	return c
+}
+
+// check reports the values that bgpool.New and bgpool.ListenAndServe would
+// refuse, naming the flag. Left to them, the error would come only once the
+// server had begun to start, and read as a failure to serve.
+func (c config) check() error {
+	switch {
+	case c.workers < 1:
+		return errors.New("-workers must be at least 1")
+	case c.queue < 0:
+		return errors.New("-queue must not be negative")
+	case c.grace < 0:
+		return errors.New("-grace must not be negative")
+	case c.readyDelay < 0:
+		return errors.New("-ready-delay must not be negative")
+	case c.readyDelay > c.grace:
+		return fmt.Errorf("-ready-delay %v is longer than -grace %v", c.readyDelay, c.grace)
+	}
+	return nil
+}
+
+func run(c config) error {
+	pool, err := bgpool.New(c.workers, bgpool.WithQueueSize(c.queue))
+	if err != nil {
+		return err
+	}
 
 	// The process stops on SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	context.AfterFunc(ctx, func() { slog.Info("shutting down", "grace", *grace) })
+	// Logged on a signal only: the deferred stop also ends ctx when run
+	// returns, and stopLog, deferred after it, runs before it.
+	stopLog := context.AfterFunc(ctx, func() { slog.Info("shutting down", "grace", c.grace) })
+	defer stopLog()
 
-	pool, err := bgpool.New(*workers, bgpool.WithQueueSize(*queue))
-	if err != nil {
-		return err
-	}
 	var ready bgpool.Readiness
 
 	// Requests to /jobs get their pool from the middleware; while the pool
@@ -67,7 +118,7 @@ func run() error {
 	mux.Handle("GET /readyz", &ready)
 
 	srv := &http.Server{
-		Addr:              *addr,
+		Addr:              c.addr,
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
 		// Requests must not inherit ctx, or SIGTERM would cancel the ones in
@@ -77,7 +128,7 @@ func run() error {
 			return context.Background()
 		},
 	}
-	err = bgpool.ListenAndServe(ctx, srv, pool, *grace, bgpool.WithShutdownDelay(*readyDelay, &ready))
+	err = bgpool.ListenAndServe(ctx, srv, pool, c.grace, bgpool.WithShutdownDelay(c.readyDelay, &ready))
 
 	stats, _ := json.Marshal(pool.Stats())
 	fmt.Printf("stats: %s\n", stats)

@@ -235,3 +235,63 @@ func TestServerBinaryShutsDownGracefullyOnSIGTERM(t *testing.T) {
 		assert.Contains(t, s.stderr.String(), "abandoned 3 tasks")
 	})
 }
+
+func TestServerBinaryExitsWithTheFlagError(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the example server")
+	}
+	bin := build(t, t.TempDir())
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no workers", []string{"-workers", "0"}, "-workers must be at least 1"},
+		{"a negative queue", []string{"-queue", "-1"}, "-queue must not be negative"},
+		{"a negative grace", []string{"-grace", "-1s"}, "-grace must not be negative"},
+		{"a negative ready delay", []string{"-ready-delay", "-1s"}, "-ready-delay must not be negative"},
+		{"a ready delay longer than grace", []string{"-grace", "2s", "-ready-delay", "3s"}, "-ready-delay 3s is longer than -grace 2s"},
+		{"an unknown flag", []string{"-bogus"}, "flag provided but not defined: -bogus"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			cmd := exec.Command(bin, append([]string{"-addr", "127.0.0.1:0"}, tt.args...)...)
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+
+			var exit *exec.ExitError
+			require.ErrorAs(t, err, &exit, "stderr:\n%s", &stderr)
+			assert.Equal(t, 2, exit.ExitCode(), "exit status")
+			assert.Contains(t, stderr.String(), tt.want)
+			assert.Contains(t, stderr.String(), "Usage of ")
+			assert.NotContains(t, stderr.String(), "shutting down")
+			assert.Empty(t, stdout.String(), "nothing served, no stats printed")
+		})
+	}
+}
+
+func TestServerBinaryDoesNotSayShuttingDownWhenItCannotListen(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the example server")
+	}
+	bin := build(t, t.TempDir())
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer taken.Close()
+
+	// Before the fix the line came from a goroutine racing the exit, so
+	// try a few times.
+	for range 5 {
+		var stderr bytes.Buffer
+		cmd := exec.Command(bin, "-addr", taken.Addr().String())
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+
+		var exit *exec.ExitError
+		require.ErrorAs(t, err, &exit)
+		assert.Equal(t, 1, exit.ExitCode(), "exit status")
+		assert.Contains(t, stderr.String(), "address already in use")
+		assert.NotContains(t, stderr.String(), "shutting down", "no signal came")
+	}
+}

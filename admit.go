@@ -1,0 +1,257 @@
+package bgpool
+
+import (
+	"context"
+	"errors"
+)
+
+// Submit hands task to the pool; it runs on a worker with a context that
+// carries ctx's values but not its cancellation (see Task).
+//
+// When a worker is free or the queue has room, Submit returns nil at once.
+// Otherwise the pool's Policy decides: with the default Block, Submit waits
+// until the task is admitted or ctx ends. ctx bounds only that wait; a task
+// that finds room is admitted even if ctx is already done.
+//
+// Submit returns ErrClosed once Shutdown has begun, an error matching
+// ErrOverloaded when the policy refused the task, and an error for a nil ctx
+// or task. Every call is counted in Stats.
+func (p *Pool) Submit(ctx context.Context, task Task) error {
+	return p.submit(ctx, task, applyPolicy)
+}
+
+// TrySubmit is like Submit but never waits and ignores the policy: when no
+// worker is free and the queue is full it returns ErrOverloaded and counts
+// the task Rejected. After Shutdown has begun it returns ErrClosed.
+func (p *Pool) TrySubmit(ctx context.Context, task Task) error {
+	return p.submit(ctx, task, neverWait)
+}
+
+// A submitMode says what submit does with a task that finds no room.
+type submitMode uint8
+
+const (
+	applyPolicy submitMode = iota // Submit: the pool's Policy decides
+	neverWait                     // TrySubmit: reject it
+)
+
+// submit is the hot path: count the call, and hand the task to the queue
+// (or straight to a parked worker) if it has room. Everything else is in
+// overflow.
+func (p *Pool) submit(ctx context.Context, task Task, mode submitMode) error {
+	// Counted before closed is read, so that a Shutdown that begins now
+	// sees this task as unsettled and waits for it (see checkDrained).
+	p.stats.submitted.Add(1)
+	if ctx == nil || task == nil {
+		return p.reject(badSubmit(ctx))
+	}
+	if p.closed.Load() {
+		return p.reject(ErrClosed)
+	}
+	it := item{ctx: ctx, task: task}
+	if p.stamp {
+		it.at = p.now()
+	}
+	select {
+	case p.queue <- it: // admitted: a parked worker has it, or it waits in the queue
+		p.admitted()
+		return nil
+	default: // the queue is full and no worker is parked
+		return p.overflow(ctx, it, mode)
+	}
+}
+
+func badSubmit(ctx context.Context) error {
+	if ctx == nil {
+		return errors.New("bgpool: Submit: nil context")
+	}
+	return errors.New("bgpool: Submit: nil task")
+}
+
+// admitted runs after a task has entered the queue and makes sure that a
+// worker will take it: it starts one when tasks wait in the queue (no
+// parked worker took this one) and the cap allows one more, and gives it
+// the oldest, so that a task for which a worker is free never takes a
+// slot of the queue for long; and, after an
+// abandonment, it abandons the task itself, since no worker may be left.
+//
+// Together with the last check of a retiring worker (see worker.retire) this
+// is a handshake: the worker leaves active and then looks at the queue, the
+// submitter fills the queue and then looks at active, so one of the two sees
+// the other and the task is never left behind.
+func (p *Pool) admitted() {
+	if len(p.queue) > 0 && p.active.Load() < p.workers.Load() && p.activate() {
+		select {
+		case head := <-p.queue: // the new worker takes the oldest task, which frees its slot at once
+			p.startWorker(&head)
+		default: // a worker took it meanwhile
+			p.startWorker(nil)
+		}
+	}
+	if p.abandoned.Load() {
+		p.abandonQueued()
+	}
+}
+
+// overflow handles a task that found the queue full and no worker parked.
+// A worker may still be free to start; otherwise the policy decides. From
+// here until the task is admitted, refused or run, its Submit counts as
+// Waiting rather than Submitted (see Stats), so that a submitter busy in a
+// slow policy is never mistaken for a running or queued task.
+func (p *Pool) overflow(ctx context.Context, it item, mode submitMode) error {
+	p.stats.waiting.Add(1)
+	if p.admitByStarting(it) {
+		p.stats.unwait()
+		return nil
+	}
+	if mode == neverWait {
+		p.stats.unwait()
+		return p.reject(ErrOverloaded)
+	}
+	if p.block {
+		// What Block does through an Overflow, without allocating one.
+		if err := p.wait(ctx, it); err != nil {
+			p.stats.unwait()
+			return p.reject(err)
+		}
+		return nil
+	}
+	o := Overflow{pool: p, ctx: it.ctx, task: it.task, waiting: true}
+	return p.applyPolicy(ctx, &o)
+}
+
+// admitByStarting admits it by starting workers while the cap allows, and
+// reports whether it did. To keep FIFO order a new worker takes the task at
+// the head of the queue, if any, which makes room for it at the back.
+func (p *Pool) admitByStarting(it item) bool {
+	for p.activate() {
+		select {
+		case head := <-p.queue: // the oldest queued task goes to the new worker
+			p.startWorker(&head)
+		default: // nothing queued: it goes to the new worker itself
+			p.startWorker(&it)
+			return true
+		}
+		select {
+		case p.queue <- it: // into the room the head left
+			p.admitted()
+			return true
+		default: // a waiting submitter, who was first, took that room
+		}
+	}
+	return false
+}
+
+// applyPolicy hands o to the pool's Policy. A task the policy leaves
+// unsettled is counted Rejected, also when the policy panics or calls
+// runtime.Goexit: the panic then goes on to the submitter, counted.
+func (p *Pool) applyPolicy(ctx context.Context, o *Overflow) (err error) {
+	returned := false
+	defer func() {
+		if !returned && !o.settled {
+			o.leave()
+			p.reject(errors.New("bgpool: policy panicked or called runtime.Goexit"))
+		}
+	}()
+	err = p.opts.policy.Overflow(ctx, o)
+	returned = true
+	if !o.settled {
+		if err == nil {
+			err = ErrOverloaded
+		}
+		o.leave()
+		p.reject(err)
+	}
+	return err
+}
+
+// wait is Overflow.Wait: it blocks until the task is admitted, in FIFO order
+// with other waiting submitters (the channel keeps its blocked senders in
+// order), or until ctx ends or Shutdown begins. The caller counts the
+// submitter in Stats.Waiting; wait takes it out when the task is admitted.
+// On failure the task is neither counted nor taken out: the caller settles
+// it.
+func (p *Pool) wait(ctx context.Context, it item) error {
+	if ctx == nil {
+		return errors.New("bgpool: Overflow.Wait: nil context")
+	}
+	if p.closed.Load() {
+		return ErrClosed
+	}
+	if p.admitByStarting(it) { // a worker may have retired since the caller looked
+		p.stats.unwait()
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return overloaded(err)
+	}
+	select {
+	case p.queue <- it: // admitted
+		p.stats.unwait()
+		p.admitted()
+		return nil
+	case <-ctx.Done(): // the submitter stopped waiting
+		return overloaded(ctx.Err())
+	case <-p.closing: // Shutdown began: nothing more is admitted
+		return ErrClosed
+	}
+}
+
+// dropOldest is Overflow.DropOldest.
+func (p *Pool) dropOldest(it item) error {
+	if p.closed.Load() {
+		return p.reject(ErrClosed)
+	}
+	if p.stamp {
+		it.at = p.now()
+	}
+	select {
+	case p.queue <- it: // room appeared: nothing is dropped
+		p.admitted()
+		return nil
+	default:
+	}
+	if p.admitByStarting(it) {
+		return nil
+	}
+	if old, ok := p.takeOldest(); ok {
+		p.settle(OutcomeDropped, report{queued: true, at: old.at})
+	} else { // the queue holds nothing to drop (WithQueueSize(0)): this task is the oldest
+		p.settle(OutcomeDropped, report{})
+		return nil
+	}
+	select {
+	case p.queue <- it:
+		p.admitted()
+	default:
+		// A submitter waiting for room (Overflow.Wait) took the room: it was
+		// first, so this task is dropped as well.
+		p.settle(OutcomeDropped, report{})
+	}
+	return nil
+}
+
+// takeOldest takes the oldest task from the queue, passing over retirement
+// notices, and reports false when the queue holds none.
+func (p *Pool) takeOldest() (item, bool) {
+	for {
+		select {
+		case it := <-p.queue:
+			if it.task != nil {
+				return it, true
+			}
+		default:
+			return item{}, false
+		}
+	}
+}
+
+// saturated reports whether a task submitted now would find no room: the
+// pool is closed, submitters are waiting for room, or no worker is free and
+// the queue is full. It takes no lock.
+func (p *Pool) saturated() bool {
+	if p.closed.Load() || p.stats.waiting.Load() > 0 {
+		return true
+	}
+	return len(p.queue) >= cap(p.queue) && p.parked.Load() == 0 && p.active.Load() >= p.workers.Load()
+}

@@ -1,0 +1,174 @@
+package bgpool
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Stats is a snapshot of a pool's state and counters. Every task submitted
+// ends in exactly one of Completed, Failed, Panicked, Dropped, Rejected and
+// Abandoned, or is Queued or Running, and every snapshot satisfies
+//
+//	Submitted == Completed + Failed + Panicked + Dropped + Rejected + Abandoned + Queued + Running
+//
+// A Submit that waits for room (Block, BlockFor, Overflow.Wait) is counted
+// in Waiting while it waits, and in Submitted once its task is admitted or
+// refused.
+type Stats struct {
+	Workers   int // the cap on tasks running at once on workers: New's size, or the last Tune
+	Running   int // tasks executing, or handed to a worker and about to: on workers, and on submitters through CallerRuns (Overflow.Run)
+	Queued    int // tasks in the queue, and tasks a worker has taken that wait for a rate-limit token
+	QueueSize int // the queue's capacity
+	Waiting   int // Submit calls waiting for room; not counted in Submitted until they end
+
+	Submitted uint64 // calls to Submit and TrySubmit that were admitted or refused, and tasks Go kept for after a response (WithAfterResponse)
+	Completed uint64 // tasks that returned nil
+	Failed    uint64 // tasks that returned an error or called runtime.Goexit
+	Panicked  uint64 // tasks that panicked
+	Dropped   uint64 // tasks discarded by Drop or DropOldest, by WithMaxQueueWait, by a failing Limiter, or kept by a WithAfterResponse handler that panicked
+	Rejected  uint64 // tasks refused with an error: ErrOverloaded, ErrClosed, or bad input
+	Abandoned uint64 // tasks queued or running when Shutdown's deadline passed
+
+	Shed uint64 // requests answered 503 by Middleware's WithShedding; requests, not tasks, so not part of the sum above
+}
+
+// counters are a pool's outcome counters. Each lives on its own cache line:
+// submitters add to submitted while workers add to completed, and two hot
+// counters on one line would make every task move it between cores.
+type counters struct {
+	submitted padded // Submit calls, counted as they begin; see Stats
+	waiting   padded // Submit calls waiting for room
+	outcomes  [outcomeCount]padded
+	shed      atomic.Uint64
+}
+
+type padded struct {
+	atomic.Uint64
+	_ [56]byte
+}
+
+// unwait takes a submitter out of waiting.
+func (c *counters) unwait() { c.waiting.Add(^uint64(0)) }
+
+// outcomeCount sizes counters.outcomes, indexed by Outcome.
+const outcomeCount = int(OutcomeAbandoned) + 1
+
+// counter returns the Stats counter of out: OutcomeExpired counts as
+// Dropped.
+func (c *counters) counter(out Outcome) *atomic.Uint64 {
+	if out == OutcomeExpired {
+		out = OutcomeDropped
+	}
+	return &c.outcomes[out].Uint64
+}
+
+// report is what the observer is told of a task besides its outcome.
+type report struct {
+	queued  bool          // the task was admitted (at is its admission time)
+	started bool          // the task ran (ran is how long)
+	at      time.Duration // admission time, on the pool's clock (see Pool.now)
+	ran     time.Duration
+	err     error
+}
+
+// settle is the one place where a task reaches its outcome: it counts it,
+// reports it to the observer, and, once Shutdown has begun, lets Shutdown
+// know when nothing is left. Every task passes here exactly once.
+func (p *Pool) settle(out Outcome, r report) {
+	p.stats.counter(out).Add(1)
+	if p.opts.observer != nil {
+		p.observe(out, r)
+	}
+	if p.closed.Load() {
+		p.checkDrained()
+	}
+}
+
+// unsettled returns how many tasks have been submitted and not yet reached
+// an outcome, counting submitters that have not yet decided (see Stats).
+// Reading the outcomes before submitted keeps the difference from going
+// negative: a task's outcome is counted after its submission.
+func (p *Pool) unsettled() uint64 {
+	var settled uint64
+	for i := range p.stats.outcomes {
+		settled += p.stats.outcomes[i].Load()
+	}
+	return p.stats.submitted.Load() - settled
+}
+
+// Stats returns a snapshot of the pool's state and counters that satisfies
+// the sum in Stats' doc. It takes one brief lock, during which it looks at
+// every worker (so it costs time in proportion to Workers), never waits on
+// the pool, and is safe to call at any time, also after Shutdown.
+//
+// The counters are atomics read one after the other, outcomes first and
+// Submitted last, so that every task read in an outcome has also been read
+// as submitted. Queued is what the queue holds and Running what workers and
+// submitters execute, each at most the tasks submitted and not yet ended;
+// a task between the two (taken from the queue, not yet started) or whose
+// Submit has not yet decided (or has just been let in from Waiting) may be
+// missing from Submitted for an instant.
+func (p *Pool) Stats() Stats {
+	s := Stats{
+		Workers:   int(p.workers.Load()),
+		QueueSize: cap(p.queue),
+		Completed: p.stats.outcomes[OutcomeCompleted].Load(),
+		Failed:    p.stats.outcomes[OutcomeFailed].Load(),
+		Panicked:  p.stats.outcomes[OutcomePanicked].Load(),
+		Dropped:   p.stats.outcomes[OutcomeDropped].Load(),
+		Rejected:  p.stats.outcomes[OutcomeRejected].Load(),
+		Abandoned: p.stats.outcomes[OutcomeAbandoned].Load(),
+	}
+	queued := uint64(len(p.queue))
+	held, executing := p.countSlots()
+	queued += uint64(held)
+	waiting := p.stats.waiting.Load()
+	submitted := p.stats.submitted.Load()
+	s.Waiting = int(waiting)
+	s.Shed = p.stats.shed.Load()
+	ended := s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned
+	// A waiter's task may end before the waiter leaves Waiting; it is then
+	// counted once, as ended.
+	inflight := max(submitted-waiting, ended) - ended
+	queued = min(queued, inflight)
+	// What is neither queued nor running on a worker or a caller is a
+	// Submit still deciding: it is counted once it has decided.
+	running := min(inflight-queued, uint64(executing))
+	s.Queued, s.Running = int(queued), int(running)
+	s.Submitted = ended + queued + running
+	return s
+}
+
+// countSlots counts the tasks that workers hold while they wait for a
+// token, and the tasks executing on workers and submitters.
+func (p *Pool) countSlots() (held, executing int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, w := range p.all {
+		switch w.state.Load() {
+		case slotHolding:
+			held++
+		case slotRunning:
+			executing++
+		}
+	}
+	for s := range p.callers {
+		if s.state.Load() == slotRunning {
+			executing++
+		}
+	}
+	return held, executing
+}
+
+// countShed counts a request that Middleware answered 503.
+func (p *Pool) countShed() { p.stats.shed.Add(1) }
+
+// countDiscarded counts tasks that were kept for after the response and
+// discarded, never submitted, because the handler panicked: each is counted
+// Submitted and Dropped, so that Stats' sum still adds up.
+func (p *Pool) countDiscarded(tasks []item) {
+	for range tasks {
+		p.stats.submitted.Add(1)
+		p.settle(OutcomeDropped, report{})
+	}
+}

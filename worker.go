@@ -1,0 +1,452 @@
+package bgpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/ants/v2"
+)
+
+// A slot holds the state of the task that a worker loop, or a submitter
+// running a task through CallerRuns, has in hand. Its owner moves it from
+// idle to holding or running and back; Shutdown moves holding and running
+// to abandoned when its deadline passes. Whoever moves a task out of
+// holding or running counts it, so every task is counted once.
+type slot struct {
+	state atomic.Uint32
+}
+
+const (
+	slotIdle      uint32 = iota // no task
+	slotHolding                 // a task taken from the queue that has not started: it waits for a rate-limit token
+	slotRunning                 // a task executing
+	slotAbandoned               // Shutdown counted the task Abandoned; the owner counts nothing more
+)
+
+// worker is the record of one worker loop. Records are kept in Pool.all for
+// Stats and Shutdown, and reused by later loops.
+type worker struct {
+	slot
+	pool     *Pool
+	loopFn   func() // w.loop, bound once so that starting a loop does not allocate
+	first    item   // the loop's first task, when it was started for one
+	hasFirst bool
+}
+
+// activate takes a place for a new worker loop in active, and reports false
+// when the cap is reached.
+func (p *Pool) activate() bool {
+	for {
+		n := p.active.Load()
+		if n >= p.workers.Load() {
+			return false
+		}
+		if p.active.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// startWorker starts a worker loop on ants, in a place that activate took,
+// with first as its first task if it is not nil. If the loop cannot start
+// because ants has been released (Shutdown abandoned the pool), first is
+// abandoned and the place given back.
+func (p *Pool) startWorker(first *item) {
+	p.mu.Lock()
+	if p.released {
+		p.mu.Unlock()
+		p.active.Add(-1)
+		if first != nil {
+			p.settle(OutcomeAbandoned, report{queued: true, at: first.at})
+		}
+		return
+	}
+	if p.ants == nil {
+		// Unbounded: the cap is active's, so ants never refuses a loop.
+		a, err := ants.NewPool(-1)
+		if err != nil { // cannot happen with no options
+			panic("bgpool: ants.NewPool: " + err.Error())
+		}
+		p.ants = a
+		p.reaper = time.AfterFunc(idleTimeout, p.reap)
+		p.reaper.Stop()
+	}
+	var w *worker
+	if n := len(p.free); n > 0 {
+		w, p.free = p.free[n-1], p.free[:n-1]
+	} else {
+		w = &worker{pool: p}
+		w.loopFn = w.loop
+		p.all = append(p.all, w)
+	}
+	if first != nil {
+		w.first, w.hasFirst = *first, true
+	}
+	err := p.ants.Submit(w.loopFn)
+	p.mu.Unlock()
+	if err != nil { // ants was released concurrently; not reachable while p.released is false
+		panic("bgpool: ants.Submit: " + err.Error())
+	}
+	p.armReaper()
+}
+
+// loop is the body of a worker: it runs tasks from the queue until it
+// retires (idle, surplus after Tune, or Shutdown with nothing left).
+func (w *worker) loop() {
+	p := w.pool
+	it, ok := w.first, w.hasFirst
+	w.first, w.hasFirst = item{}, false
+	finished := false
+	defer func() {
+		if !finished { // a task called runtime.Goexit
+			p.taskExited(w)
+		}
+	}()
+	for {
+		if !ok {
+			if it, ok = p.next(w); !ok {
+				finished = true
+				return
+			}
+		}
+		ok = false
+		if it.task == nil { // a retirement notice (see reap and retireParked)
+			if p.retire(w, noticed) {
+				finished = true
+				return
+			}
+			continue
+		}
+		p.run(&w.slot, it)
+		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
+			finished = true
+			return
+		}
+	}
+}
+
+// next returns the next task for w, parking until one comes, or reports
+// false when w has retired because Shutdown has begun and the queue is
+// empty.
+//
+// A parked worker waits on the queue and on closing only: no timer, so that
+// parking costs no more than a channel receive needs. Idle workers are
+// retired by notices that reap sends through the queue.
+func (p *Pool) next(w *worker) (item, bool) {
+	select {
+	case it := <-p.queue: // the common case under load: the queue is not empty
+		return it, true
+	default:
+	}
+	for {
+		if p.closed.Load() {
+			select {
+			case it := <-p.queue: // Shutdown drains the queue
+				return it, true
+			default:
+			}
+			if p.retire(w, closing) {
+				return item{}, false
+			}
+			continue
+		}
+		p.parked.Add(1)
+		select {
+		case it := <-p.queue: // a submitter handed over a task, or a notice came
+			p.parked.Add(-1)
+			return it, true
+		case <-p.closing: // Shutdown began: drain, then retire
+			p.parked.Add(-1)
+		}
+	}
+}
+
+// Why a worker retires.
+type retirement uint8
+
+const (
+	noticed retirement = iota // it received a notice: surplus after Tune, or idle; the last worker stays
+	surplus                   // Tune made the cap smaller than active
+	closing                   // Shutdown began and the queue is empty
+)
+
+// retire takes w out of active if why allows it, and reports whether it
+// did. The last worker never retires on a notice, so a submitter waiting
+// for room always has a worker that will come back for its task; once
+// Shutdown has begun, the retiring worker looks at the queue again after
+// leaving active (see admitted for the other half of that handshake).
+func (p *Pool) retire(w *worker, why retirement) bool {
+	for {
+		n := p.active.Load()
+		switch {
+		case why == noticed && n <= 1:
+			return false
+		case why == surplus && n <= p.workers.Load():
+			return false
+		}
+		if p.active.CompareAndSwap(n, n-1) {
+			break
+		}
+	}
+	if why == closing && len(p.queue) > 0 && p.activate() {
+		return false // a task arrived as w was leaving: take it
+	}
+	p.mu.Lock()
+	p.free = append(p.free, w)
+	p.mu.Unlock()
+	if why == closing {
+		p.checkDrained()
+	}
+	return true
+}
+
+// reap runs every idleTimeout while more than one worker loop is active,
+// and retires about half of the workers that are parked at that moment, by
+// sending them notices: an idle pool shrinks to one worker within a few
+// timeouts, and a busy one, whose workers are seldom parked, loses little.
+// A notice that finds no parked worker waits in the queue, where the next
+// worker to take it retires unless it is the last; it is never counted.
+func (p *Pool) reap() {
+	for {
+		if p.closed.Load() {
+			return
+		}
+		for n := (p.parked.Load() + 1) / 2; n > 0 && p.active.Load() > 1; n-- {
+			select {
+			case p.queue <- item{}:
+			default:
+				n = 0
+			}
+		}
+		if p.active.Load() > 1 {
+			p.reaper.Reset(idleTimeout)
+			return
+		}
+		p.reaping.Store(false)
+		// A worker that started meanwhile saw reaping and did not arm the
+		// timer: look again.
+		if p.active.Load() <= 1 || !p.reaping.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// armReaper makes reap run in idleTimeout if it is not already due.
+func (p *Pool) armReaper() {
+	if p.active.Load() > 1 && !p.closed.Load() && p.reaping.CompareAndSwap(false, true) {
+		p.reaper.Reset(idleTimeout)
+	}
+}
+
+// retireParked wakes parked workers after Tune made the pool smaller, with
+// retirement notices, so that they retire now rather than take new tasks
+// beyond the new cap. A notice that finds no parked worker waits in the
+// queue or is not sent; either way it is harmless.
+func (p *Pool) retireParked() {
+	for n := min(p.active.Load()-p.workers.Load(), p.parked.Load()); n > 0; n-- {
+		select {
+		case p.queue <- item{}:
+		default:
+			return
+		}
+	}
+}
+
+// taskExited repairs the books when a task ended its worker's goroutine
+// with runtime.Goexit (t.FailNow in a test, say): the task counts Failed,
+// and a new loop takes the worker's place in active.
+func (p *Pool) taskExited(w *worker) {
+	p.finish(&w.slot, item{}, OutcomeFailed, report{queued: true, started: true, err: errGoexit})
+	p.mu.Lock()
+	p.free = append(p.free, w)
+	p.mu.Unlock()
+	p.startWorker(nil)
+}
+
+var errGoexit = errors.New("bgpool: task called runtime.Goexit")
+
+// run is a worker's part of the hot path: mark the task running, run it,
+// and settle it. Pools with a rate limit or a maximum queue wait pass
+// through gate first.
+func (p *Pool) run(s *slot, it item) {
+	if p.limiter != nil || p.opts.maxQueueWait > 0 {
+		if !p.gate(s, &it) {
+			return
+		}
+	} else {
+		s.state.Store(slotRunning)
+		if p.abandoned.Load() {
+			p.finish(s, it, OutcomeAbandoned, report{queued: true, at: it.at})
+			return
+		}
+	}
+	out, ran, err := p.execute(it)
+	p.finish(s, it, out, report{queued: true, started: true, at: it.at, ran: ran, err: err})
+}
+
+// finish moves s back to idle and settles its task with out, unless
+// Shutdown has already counted it Abandoned; then only the observer hears
+// of it.
+func (p *Pool) finish(s *slot, it item, out Outcome, r report) {
+	for {
+		st := s.state.Load()
+		if st == slotAbandoned {
+			s.state.Store(slotIdle)
+			if p.opts.observer != nil {
+				r.err = nil
+				p.observe(OutcomeAbandoned, r)
+			}
+			return
+		}
+		if s.state.CompareAndSwap(st, slotIdle) {
+			break
+		}
+	}
+	p.settle(out, r)
+}
+
+// gate decides whether a task taken from the queue may start: it has not
+// waited longer than WithMaxQueueWait, and the limiter gives it a token. It
+// reports false when it has settled the task instead. While the task waits
+// for its token, s is holding: Stats counts it Queued, and Shutdown's
+// deadline abandons it (cancelling the wait).
+func (p *Pool) gate(s *slot, it *item) bool {
+	s.state.Store(slotHolding)
+	if p.abandoned.Load() {
+		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
+		return false
+	}
+	if p.opts.maxQueueWait > 0 && p.now()-it.at > p.opts.maxQueueWait {
+		p.finish(s, *it, OutcomeExpired, report{queued: true, at: it.at})
+		return false
+	}
+	if p.limiter != nil {
+		if err := p.waitToken(); err != nil {
+			if p.abandoned.Load() {
+				p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
+				return false
+			}
+			err = fmt.Errorf("bgpool: rate limiter failed; task dropped: %w", err)
+			p.handleError(it.ctx, err)
+			p.finish(s, *it, OutcomeDropped, report{queued: true, at: it.at, err: err})
+			return false
+		}
+	}
+	if !s.state.CompareAndSwap(slotHolding, slotRunning) { // abandoned while it waited
+		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
+		return false
+	}
+	return true
+}
+
+// waitToken waits for the limiter's token, until Shutdown's deadline at
+// most. A panic in the limiter becomes its error.
+func (p *Pool) waitToken() (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("bgpool: limiter panicked: %v", v)
+		}
+	}()
+	return p.limiter.Wait(p.base)
+}
+
+// callerSlots recycles the slots of tasks run on submitters.
+var callerSlots = sync.Pool{New: func() any { return new(slot) }}
+
+// runHere is Overflow.Run: it runs the task on the calling goroutine as a
+// running task of the pool's, which Shutdown waits for and, at its
+// deadline, abandons.
+func (p *Pool) runHere(it item) error {
+	s := callerSlots.Get().(*slot)
+	p.mu.Lock()
+	if p.closed.Load() {
+		p.mu.Unlock()
+		callerSlots.Put(s)
+		return p.reject(ErrClosed)
+	}
+	s.state.Store(slotRunning)
+	p.callers[s] = struct{}{}
+	p.mu.Unlock()
+
+	finished := false
+	defer func() {
+		p.mu.Lock()
+		delete(p.callers, s)
+		p.mu.Unlock()
+		if !finished { // the task called runtime.Goexit
+			p.finish(s, it, OutcomeFailed, report{started: true, err: errGoexit})
+			return
+		}
+		callerSlots.Put(s)
+	}()
+	out, ran, err := p.execute(it)
+	p.finish(s, it, out, report{started: true, ran: ran, err: err})
+	finished = true
+	return nil
+}
+
+// execute runs one task with its context, timeout and panic recovery, and
+// hands an error to the error handler, unless Shutdown has abandoned the
+// task. It returns how long the task ran when an observer needs it.
+func (p *Pool) execute(it item) (out Outcome, ran time.Duration, err error) {
+	var ctx context.Context
+	if p.opts.taskTimeout > 0 {
+		dc := newDeadlineContext(p.base, it.ctx, time.Now().Add(p.opts.taskTimeout))
+		defer dc.release()
+		ctx = dc
+	} else {
+		ctx = newTaskContext(p.base, it.ctx)
+	}
+	var start time.Time
+	if p.opts.observer != nil {
+		start = time.Now()
+	}
+	err, isPanic := call(ctx, it.task)
+	if !start.IsZero() {
+		ran = time.Since(start)
+	}
+	if err == nil {
+		return OutcomeCompleted, ran, nil
+	}
+	if !p.abandoned.Load() {
+		p.handleError(ctx, err)
+	}
+	if isPanic {
+		return OutcomePanicked, ran, err
+	}
+	return OutcomeFailed, ran, err
+}
+
+// call runs task, turning a panic into a *PanicError.
+func call(ctx context.Context, task Task) (err error, isPanic bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			err, isPanic = &PanicError{Value: v, Stack: debug.Stack()}, true
+		}
+	}()
+	return task(ctx), false
+}
+
+// handleError passes err to the error handler, recovering a panic in it.
+func (p *Pool) handleError(ctx context.Context, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			p.logger().ErrorContext(ctx, "bgpool: error handler panicked", "panic", v, "error", err)
+		}
+	}()
+	if p.opts.onError != nil {
+		p.opts.onError(ctx, err)
+		return
+	}
+	var pe *PanicError
+	if errors.As(err, &pe) {
+		p.logger().ErrorContext(ctx, "bgpool: task panicked", "panic", pe.Value, "stack", string(pe.Stack))
+		return
+	}
+	p.logger().ErrorContext(ctx, "bgpool: task failed", "error", err)
+}
