@@ -215,9 +215,9 @@ func (p *Pool) dropOldest(it item) error {
 		return nil
 	}
 	if old, ok := p.takeOldest(); ok {
-		p.settle(OutcomeDropped, report{queued: true, at: old.at})
+		p.settle(OutcomeDropped, report{ctx: old.ctx, queued: true, at: old.at})
 	} else { // the queue holds nothing to drop (WithQueueSize(0)): this task is the oldest
-		p.settle(OutcomeDropped, report{})
+		p.settle(OutcomeDropped, report{ctx: it.ctx})
 		return nil
 	}
 	select {
@@ -226,7 +226,7 @@ func (p *Pool) dropOldest(it item) error {
 	default:
 		// A submitter waiting for room (Overflow.Wait) took the room: it was
 		// first, so this task is dropped as well.
-		p.settle(OutcomeDropped, report{})
+		p.settle(OutcomeDropped, report{ctx: it.ctx})
 	}
 	return nil
 }

@@ -18,6 +18,14 @@ var (
 	// counted Rejected.
 	ErrOverloaded = errors.New("bgpool: pool is overloaded")
 
+	// ErrDropped is the error that Do, Group.Wait and Future.Wait report for
+	// a task that the pool discarded without running it: by Drop or
+	// DropOldest, or because it waited longer than WithMaxQueueWait. Such a
+	// task is counted Dropped. (A task that Shutdown abandoned reports an
+	// error matching the cause of Shutdown's deadline instead, such as
+	// context.DeadlineExceeded.)
+	ErrDropped = errors.New("bgpool: task dropped without running")
+
 	// ErrNoPool is returned by Go for a request that did not pass through
 	// Middleware, so that no pool is attached to its context. Nothing was
 	// submitted and nothing is counted.

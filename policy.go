@@ -172,7 +172,7 @@ func (o *Overflow) Drop() error {
 	}
 	o.settled = true
 	o.leave()
-	o.pool.settle(OutcomeDropped, report{})
+	o.pool.settle(OutcomeDropped, report{ctx: o.ctx})
 	return nil
 }
 

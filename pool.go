@@ -56,6 +56,10 @@ type Pool struct {
 	cancel  context.CancelCauseFunc
 	closing chan struct{} // closed when Shutdown begins
 	done    chan struct{} // closed when the pool has drained, or Shutdown has abandoned what was left
+	// closed when Shutdown abandons what is left, for those who wait for
+	// tasks (Do, Group, Future): a running task is abandoned, but may never
+	// return.
+	abandonedCh chan struct{}
 
 	// Read on every task, written rarely: they share a cache line.
 	workers   atomic.Int64 // the size cap
@@ -137,7 +141,9 @@ func New(size int, opts ...Option) (*Pool, error) {
 		epoch:   time.Now(),
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
-		callers: make(map[*slot]struct{}),
+
+		abandonedCh: make(chan struct{}),
+		callers:     make(map[*slot]struct{}),
 	}
 	p.workers.Store(int64(size))
 	p.base, p.cancel = context.WithCancelCause(context.WithValue(context.Background(), poolKey{}, p))

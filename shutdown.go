@@ -89,6 +89,11 @@ func (p *Pool) abandon(ctx context.Context) error {
 		return fmt.Errorf("bgpool: shutdown: %d tasks abandoned: %w",
 			p.stats.outcomes[OutcomeAbandoned].Load(), ctx.Err())
 	}
+	// Cancel first, so that the abandonment's cause is there for whoever
+	// learns of it; a task that returns before the scan below is not
+	// abandoned but ends as it ended.
+	p.cancel(fmt.Errorf("bgpool: shutdown deadline passed: %w", context.Cause(ctx)))
+	close(p.abandonedCh)
 	running, held := 0, 0
 	p.mu.Lock()
 	for _, w := range p.all {
@@ -106,7 +111,6 @@ func (p *Pool) abandon(ctx context.Context) error {
 	}
 	p.mu.Unlock()
 	p.stats.outcomes[OutcomeAbandoned].Add(uint64(running + held))
-	p.cancel(fmt.Errorf("bgpool: shutdown deadline passed: %w", context.Cause(ctx)))
 	queued := held + p.abandonQueued()
 	p.doneOnce.Do(func() { close(p.done) })
 	p.release()
@@ -127,6 +131,7 @@ func (p *Pool) abandonQueued() int {
 				continue
 			}
 			p.stats.outcomes[OutcomeAbandoned].Add(1)
+			p.notifyUnrun(it.ctx, OutcomeAbandoned)
 			n++
 			if p.opts.observer != nil {
 				lost = append(lost, it.at)

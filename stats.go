@@ -1,6 +1,7 @@
 package bgpool
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
 )
@@ -64,9 +65,10 @@ func (c *counters) counter(out Outcome) *atomic.Uint64 {
 
 // report is what the observer is told of a task besides its outcome.
 type report struct {
-	queued  bool          // the task was admitted (at is its admission time)
-	started bool          // the task ran (ran is how long)
-	at      time.Duration // admission time, on the pool's clock (see Pool.now)
+	ctx     context.Context // the submitter's context, for a task that ends without running (see unrunKey); may be nil
+	queued  bool            // the task was admitted (at is its admission time)
+	started bool            // the task ran (ran is how long)
+	at      time.Duration   // admission time, on the pool's clock (see Pool.now)
 	ran     time.Duration
 	err     error
 }
@@ -76,12 +78,42 @@ type report struct {
 // know when nothing is left. Every task passes here exactly once.
 func (p *Pool) settle(out Outcome, r report) {
 	p.stats.counter(out).Add(1)
+	if r.ctx != nil {
+		p.notifyUnrun(r.ctx, out)
+	}
 	if p.opts.observer != nil {
 		p.observe(out, r)
 	}
 	if p.closed.Load() {
 		p.checkDrained()
 	}
+}
+
+// unrunKey is the context key under which Do, Group and Submit[T] leave a
+// func(error) to call when their task ends without running: dropped,
+// expired or abandoned. The pool looks for it only on those rare paths.
+type unrunKey struct{}
+
+// notifyUnrun tells whoever waits for a task that ended without running.
+func (p *Pool) notifyUnrun(ctx context.Context, out Outcome) {
+	f, ok := ctx.Value(unrunKey{}).(func(error))
+	if !ok {
+		return
+	}
+	err := ErrDropped
+	if out == OutcomeAbandoned {
+		err = p.abandonErr()
+	}
+	f(err)
+}
+
+// abandonErr is the error of a task that Shutdown abandoned: it matches
+// the cause of Shutdown's deadline (context.DeadlineExceeded, say).
+func (p *Pool) abandonErr() error {
+	if err := context.Cause(p.base); err != nil {
+		return err
+	}
+	return ErrClosed
 }
 
 // unsettled returns how many tasks have been submitted and not yet reached

@@ -293,10 +293,16 @@ func (p *Pool) run(s *slot, it item) {
 // Shutdown has already counted it Abandoned; then only the observer hears
 // of it.
 func (p *Pool) finish(s *slot, it item, out Outcome, r report) {
+	if !r.started && it.ctx != nil {
+		r.ctx = it.ctx // it ends without running: tell Do, Group or Future
+	}
 	for {
 		st := s.state.Load()
 		if st == slotAbandoned {
 			s.state.Store(slotIdle)
+			if r.ctx != nil {
+				p.notifyUnrun(r.ctx, OutcomeAbandoned)
+			}
 			if p.opts.observer != nil {
 				r.err = nil
 				p.observe(OutcomeAbandoned, r)
