@@ -54,12 +54,15 @@ type Pool struct {
 	epoch   time.Time       // the origin of the pool's clock (see now)
 	base    context.Context // parent of every task's cancellation
 	cancel  context.CancelCauseFunc
-	closing chan struct{} // closed when Shutdown begins
+	closing chan struct{} // closed when Shutdown begins, for waiting submitters
+	wake    chan struct{} // unbuffered: notices to parked workers (see next); closed when Shutdown begins
 	done    chan struct{} // closed when the pool has drained, or Shutdown has abandoned what was left
 	// closed when Shutdown abandons what is left, for those who wait for
 	// tasks (Do, Group, Future): a running task is abandoned, but may never
 	// return.
 	abandonedCh chan struct{}
+	released    chan struct{}         // closed once ants has been released and its goroutines are gone
+	cause       atomic.Pointer[error] // why Shutdown abandoned tasks; set before abandoned
 
 	// Read on every task, written rarely: they share a cache line.
 	workers   atomic.Int64 // the size cap
@@ -88,7 +91,7 @@ type Pool struct {
 	mu       sync.Mutex
 	ants     *ants.Pool  // made when the first worker loop starts
 	reaper   *time.Timer // runs reap; made with ants
-	released bool        // ants has been released: no worker loop can start
+	antsGone bool        // ants has been released: no worker loop can start
 	all      []*worker   // every worker record made, for Stats and Shutdown
 	free     []*worker   // records of loops that have returned, to reuse
 	callers  map[*slot]struct{}
@@ -140,9 +143,11 @@ func New(size int, opts ...Option) (*Pool, error) {
 		block:   isBlock(o.policy),
 		epoch:   time.Now(),
 		closing: make(chan struct{}),
+		wake:    make(chan struct{}),
 		done:    make(chan struct{}),
 
 		abandonedCh: make(chan struct{}),
+		released:    make(chan struct{}),
 		callers:     make(map[*slot]struct{}),
 	}
 	p.workers.Store(int64(size))

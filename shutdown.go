@@ -10,22 +10,26 @@ import (
 // Shutdown stops the pool and waits for it to drain. It stops admitting
 // tasks at once (Submit then returns ErrClosed, and submitters blocked in
 // Block return ErrClosed), lets every queued task run, and waits for running
-// tasks to return, those that CallerRuns runs on submitters included. It
-// returns nil when all of that finished before ctx ended; parked workers are
-// not work, so a pool with nothing queued or running returns nil at once,
-// even with a ctx that has already ended.
+// tasks to return, those that CallerRuns runs on submitters included, and
+// then for the workers to leave. It returns nil when all of that finished
+// before ctx ended; parked workers are not work, so a pool with nothing
+// queued or running returns nil at once (within a few milliseconds, while
+// its parked workers leave), even with a ctx that has already ended.
 //
-// When ctx ends first, Shutdown cancels every task's context, counts every
-// task still queued or running as Abandoned (a task that returns later is
-// not counted again), and returns an error that matches ctx.Err() and says
-// how many tasks it abandoned. It returns within its deadline and a few
-// microseconds more, whatever the tasks and the observer do: the observer
-// hears of abandoned queued tasks from a goroutine of their own.
+// When ctx ends before every task has ended, Shutdown counts every task
+// still queued or running as Abandoned (a task that returns later is not
+// counted again), then cancels every task's context, and returns an error
+// that matches ctx.Err() and says how many tasks it abandoned. When every
+// task has ended but a worker is still held by the observer or the error
+// handler, it waits 100ms beyond ctx's deadline and then returns an error
+// that matches ctx.Err(). So Shutdown returns by its deadline plus at most
+// 100ms, whatever the tasks and the observer do: the observer hears of
+// abandoned queued tasks from a goroutine of their own.
 //
 // Shutdown may be called more than once and concurrently with any other
 // method; every call waits as described, and a call after an abandonment
 // returns an error that repeats the count. Once a Shutdown that drained the
-// pool returns, the pool's own goroutines are gone. After an abandonment
+// pool returns nil, the pool's own goroutines are gone. After an abandonment
 // they exit shortly after their tasks return, so only tasks that ignore
 // their cancelled context can keep them. Called from inside one of the
 // pool's own tasks (with that task's context, or one derived from it),
@@ -36,11 +40,14 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	if ctx == nil {
 		return errors.New("bgpool: Shutdown: nil context")
 	}
-	p.mu.Lock() // ordered with runHere's registration, which checks closed under p.mu
+	// p.mu orders this with runHere's registration, which checks closed
+	// under it, and with notify's sends on p.wake.
+	p.mu.Lock()
 	first := !p.closed.Load()
 	if first {
 		p.closed.Store(true)
 		close(p.closing)
+		close(p.wake)
 	}
 	p.mu.Unlock()
 	if first {
@@ -63,14 +70,31 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("bgpool: shutdown: %d tasks were abandoned by an earlier Shutdown",
 			p.stats.outcomes[OutcomeAbandoned].Load())
 	}
-	p.release()
-	return nil
+	// Every task has ended; wait for the workers to leave, within ctx and
+	// releaseMargin beyond it: parked workers leave at once, but an
+	// observer or error handler may still hold one.
+	select {
+	case <-p.released:
+		return nil
+	case <-ctx.Done():
+	}
+	t := time.NewTimer(releaseMargin)
+	defer t.Stop()
+	select {
+	case <-p.released:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("bgpool: shutdown: every task ended, but workers are still busy in the observer or error handler: %w", ctx.Err())
+	}
 }
+
+// releaseMargin is how long Shutdown waits beyond its deadline for workers
+// that have no task left to leave.
+const releaseMargin = 100 * time.Millisecond
 
 // checkDrained ends the shutdown once Shutdown has begun and every task
 // submitted has reached its outcome, and releases ants on a goroutine of
 // its own: the caller may be one of ants' workers, which ants waits for.
-// Shutdown callers wait for that release (see release).
 func (p *Pool) checkDrained() {
 	if p.unsettled() != 0 {
 		return
@@ -82,18 +106,17 @@ func (p *Pool) checkDrained() {
 }
 
 // abandon ends a Shutdown whose ctx ended before the pool drained. It
-// counts what is held, running and queued as Abandoned, cancels the tasks'
-// context, and releases ants without waiting.
+// counts what is held, running and queued as Abandoned, then cancels the
+// tasks' context (counting first, so that a task that returns at once on
+// cancellation is still counted Abandoned, once), and releases ants without
+// waiting.
 func (p *Pool) abandon(ctx context.Context) error {
+	cause := fmt.Errorf("bgpool: shutdown deadline passed: %w", context.Cause(ctx))
+	p.cause.CompareAndSwap(nil, &cause)
 	if !p.abandoned.CompareAndSwap(false, true) {
 		return fmt.Errorf("bgpool: shutdown: %d tasks abandoned: %w",
 			p.stats.outcomes[OutcomeAbandoned].Load(), ctx.Err())
 	}
-	// Cancel first, so that the abandonment's cause is there for whoever
-	// learns of it; a task that returns before the scan below is not
-	// abandoned but ends as it ended.
-	p.cancel(fmt.Errorf("bgpool: shutdown deadline passed: %w", context.Cause(ctx)))
-	close(p.abandonedCh)
 	running, held := 0, 0
 	p.mu.Lock()
 	for _, w := range p.all {
@@ -112,6 +135,8 @@ func (p *Pool) abandon(ctx context.Context) error {
 	p.mu.Unlock()
 	p.stats.outcomes[OutcomeAbandoned].Add(uint64(running + held))
 	queued := held + p.abandonQueued()
+	p.cancel(*p.cause.Load())
+	close(p.abandonedCh)
 	p.doneOnce.Do(func() { close(p.done) })
 	p.release()
 	return fmt.Errorf("bgpool: shutdown: abandoned %d tasks (%d queued, %d running): %w",
@@ -127,9 +152,6 @@ func (p *Pool) abandonQueued() int {
 	for {
 		select {
 		case it := <-p.queue:
-			if it.task == nil { // a retirement notice, not a task
-				continue
-			}
 			p.stats.outcomes[OutcomeAbandoned].Add(1)
 			p.notifyUnrun(it.ctx, OutcomeAbandoned)
 			n++
@@ -151,17 +173,16 @@ func (p *Pool) abandonQueued() int {
 	return n
 }
 
-// release releases ants once, for all callers, and makes sure no worker
-// loop starts after it. After a drain it waits for ants' goroutines to exit,
-// which is prompt because no task is left; concurrent callers wait with it
-// (sync.Once blocks them until the first call is done). After an
-// abandonment it does not wait: workers still running abandoned tasks exit
-// when those return.
+// release releases ants once, and makes sure no worker loop starts after
+// it. After a drain it waits for ants' goroutines to exit (our loops among
+// them) and then closes p.released; Shutdown waits for that within its ctx.
+// After an abandonment it does not wait: workers still running abandoned
+// tasks exit when those return.
 func (p *Pool) release() {
 	p.releaseOnce.Do(func() {
 		p.mu.Lock()
 		a := p.ants
-		p.released = true
+		p.antsGone = true
 		if p.reaper != nil {
 			p.reaper.Stop()
 		}
@@ -173,5 +194,6 @@ func (p *Pool) release() {
 		default:
 			_ = a.ReleaseContext(context.Background())
 		}
+		close(p.released)
 	})
 }

@@ -41,6 +41,7 @@ type counters struct {
 	waiting   padded // Submit calls waiting for room
 	outcomes  [outcomeCount]padded
 	shed      atomic.Uint64
+	reported  atomic.Uint64 // the largest Submitted that Stats has reported
 }
 
 type padded struct {
@@ -78,14 +79,14 @@ type report struct {
 // know when nothing is left. Every task passes here exactly once.
 func (p *Pool) settle(out Outcome, r report) {
 	p.stats.counter(out).Add(1)
+	if p.closed.Load() {
+		defer p.checkDrained() // deferred: the observer may call runtime.Goexit
+	}
 	if r.ctx != nil {
 		p.notifyUnrun(r.ctx, out)
 	}
 	if p.opts.observer != nil {
 		p.observe(out, r)
-	}
-	if p.closed.Load() {
-		p.checkDrained()
 	}
 }
 
@@ -110,8 +111,8 @@ func (p *Pool) notifyUnrun(ctx context.Context, out Outcome) {
 // abandonErr is the error of a task that Shutdown abandoned: it matches
 // the cause of Shutdown's deadline (context.DeadlineExceeded, say).
 func (p *Pool) abandonErr() error {
-	if err := context.Cause(p.base); err != nil {
-		return err
+	if err := p.cause.Load(); err != nil {
+		return *err
 	}
 	return ErrClosed
 }
@@ -155,19 +156,33 @@ func (p *Pool) Stats() Stats {
 	held, executing := p.countSlots()
 	queued += uint64(held)
 	waiting := p.stats.waiting.Load()
-	submitted := p.stats.submitted.Load()
+	calls := p.stats.submitted.Load()
 	s.Waiting = int(waiting)
 	s.Shed = p.stats.shed.Load()
 	ended := s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned
 	// A waiter's task may end before the waiter leaves Waiting; it is then
 	// counted once, as ended.
-	inflight := max(submitted-waiting, ended) - ended
+	inflight := max(calls-waiting, ended) - ended
 	queued = min(queued, inflight)
 	// What is neither queued nor running on a worker or a caller is a
 	// Submit still deciding: it is counted once it has decided.
 	running := min(inflight-queued, uint64(executing))
-	s.Queued, s.Running = int(queued), int(running)
-	s.Submitted = ended + queued + running
+	// Submitted never goes down from one snapshot to the next: a task
+	// counted before and now in none of the fields (a worker has taken it
+	// and not yet started it) is counted Running, which it is about to be.
+	submitted := ended + queued + running
+	for {
+		seen := p.stats.reported.Load()
+		if submitted <= seen {
+			running += seen - submitted
+			submitted = seen
+			break
+		}
+		if p.stats.reported.CompareAndSwap(seen, submitted) {
+			break
+		}
+	}
+	s.Queued, s.Running, s.Submitted = int(queued), int(running), submitted
 	return s
 }
 

@@ -58,11 +58,11 @@ func (p *Pool) activate() bool {
 // abandoned and the place given back.
 func (p *Pool) startWorker(first *item) {
 	p.mu.Lock()
-	if p.released {
+	if p.antsGone {
 		p.mu.Unlock()
 		p.active.Add(-1)
 		if first != nil {
-			p.settle(OutcomeAbandoned, report{queued: true, at: first.at})
+			p.settle(OutcomeAbandoned, report{ctx: first.ctx, queued: true, at: first.at})
 		}
 		return
 	}
@@ -73,7 +73,7 @@ func (p *Pool) startWorker(first *item) {
 			panic("bgpool: ants.NewPool: " + err.Error())
 		}
 		p.ants = a
-		p.reaper = time.AfterFunc(idleTimeout, p.reap)
+		p.reaper = time.AfterFunc(time.Hour, p.reap)
 		p.reaper.Stop()
 	}
 	var w *worker
@@ -89,7 +89,7 @@ func (p *Pool) startWorker(first *item) {
 	}
 	err := p.ants.Submit(w.loopFn)
 	p.mu.Unlock()
-	if err != nil { // ants was released concurrently; not reachable while p.released is false
+	if err != nil { // ants was released concurrently; not reachable while p.antsGone is false
 		panic("bgpool: ants.Submit: " + err.Error())
 	}
 	p.armReaper()
@@ -103,7 +103,7 @@ func (w *worker) loop() {
 	w.first, w.hasFirst = item{}, false
 	finished := false
 	defer func() {
-		if !finished { // a task called runtime.Goexit
+		if !finished { // a task, its observer or its error handler called runtime.Goexit
 			p.taskExited(w)
 		}
 	}()
@@ -115,13 +115,6 @@ func (w *worker) loop() {
 			}
 		}
 		ok = false
-		if it.task == nil { // a retirement notice (see reap and retireParked)
-			if p.retire(w, noticed) {
-				finished = true
-				return
-			}
-			continue
-		}
 		p.run(&w.slot, it)
 		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
 			finished = true
@@ -131,12 +124,15 @@ func (w *worker) loop() {
 }
 
 // next returns the next task for w, parking until one comes, or reports
-// false when w has retired because Shutdown has begun and the queue is
-// empty.
+// false when w has retired: on a notice, as surplus, or because Shutdown
+// has begun and the queue is empty (or abandoned).
 //
-// A parked worker waits on the queue and on closing only: no timer, so that
-// parking costs no more than a channel receive needs. Idle workers are
-// retired by notices that reap sends through the queue.
+// A parked worker waits on the queue and on p.wake only: no timer, so that
+// parking costs no more than a channel receive needs. p.wake carries the
+// notices that retire idle workers (reap) and surplus ones (Tune), and is
+// closed when Shutdown begins. It is unbuffered, so a notice reaches a
+// worker that is parked at that moment or no one, and never takes a slot of
+// the queue.
 func (p *Pool) next(w *worker) (item, bool) {
 	select {
 	case it := <-p.queue: // the common case under load: the queue is not empty
@@ -145,24 +141,49 @@ func (p *Pool) next(w *worker) (item, bool) {
 	}
 	for {
 		if p.closed.Load() {
-			select {
-			case it := <-p.queue: // Shutdown drains the queue
+			if it, ok := p.drainOne(); ok {
 				return it, true
-			default:
 			}
 			if p.retire(w, closing) {
 				return item{}, false
 			}
+			if w.hasFirst { // retire found a task after all
+				it := w.first
+				w.first, w.hasFirst = item{}, false
+				return it, true
+			}
 			continue
 		}
 		p.parked.Add(1)
+		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) { // Tune shrank the pool as w came to park
+			p.parked.Add(-1)
+			return item{}, false
+		}
 		select {
-		case it := <-p.queue: // a submitter handed over a task, or a notice came
+		case it := <-p.queue: // a submitter handed over a task
 			p.parked.Add(-1)
 			return it, true
-		case <-p.closing: // Shutdown began: drain, then retire
+		case _, open := <-p.wake: // a notice, or Shutdown began
 			p.parked.Add(-1)
+			if open && p.retire(w, noticed) {
+				return item{}, false
+			}
 		}
+	}
+}
+
+// drainOne takes a task from the queue while Shutdown drains it. After an
+// abandonment it takes none: abandon (or a late submitter, see admitted)
+// empties the queue and counts what it held.
+func (p *Pool) drainOne() (item, bool) {
+	if p.abandoned.Load() {
+		return item{}, false
+	}
+	select {
+	case it := <-p.queue:
+		return it, true
+	default:
+		return item{}, false
 	}
 }
 
@@ -177,9 +198,15 @@ const (
 
 // retire takes w out of active if why allows it, and reports whether it
 // did. The last worker never retires on a notice, so a submitter waiting
-// for room always has a worker that will come back for its task; once
-// Shutdown has begun, the retiring worker looks at the queue again after
-// leaving active (see admitted for the other half of that handshake).
+// for room always has a worker that will come back for its task.
+//
+// Once Shutdown has begun, the retiring worker looks at the queue again
+// after leaving active, with a channel operation (which reads the queue's
+// length atomically): together with admitted, where a submitter fills the
+// queue and then reads active, one of the two sees the other, and no task
+// is left behind. If it finds a task it runs it, even if a new worker has
+// taken its place meanwhile: during a drain the cap may then be exceeded by
+// one for the length of that task.
 func (p *Pool) retire(w *worker, why retirement) bool {
 	for {
 		n := p.active.Load()
@@ -193,8 +220,12 @@ func (p *Pool) retire(w *worker, why retirement) bool {
 			break
 		}
 	}
-	if why == closing && len(p.queue) > 0 && p.activate() {
-		return false // a task arrived as w was leaving: take it
+	if why == closing {
+		if it, ok := p.drainOne(); ok { // a task arrived as w was leaving: take it
+			p.active.Add(1)
+			w.first, w.hasFirst = it, true
+			return false
+		}
 	}
 	p.mu.Lock()
 	p.free = append(p.free, w)
@@ -209,28 +240,17 @@ func (p *Pool) retire(w *worker, why retirement) bool {
 // and retires about half of the workers that are parked at that moment, by
 // sending them notices: an idle pool shrinks to one worker within a few
 // timeouts, and a busy one, whose workers are seldom parked, loses little.
-// A notice that finds no parked worker waits in the queue, where the next
-// worker to take it retires unless it is the last; it is never counted.
 func (p *Pool) reap() {
 	for {
-		if p.closed.Load() {
-			return
-		}
-		for n := (p.parked.Load() + 1) / 2; n > 0 && p.active.Load() > 1; n-- {
-			select {
-			case p.queue <- item{}:
-			default:
-				n = 0
-			}
-		}
-		if p.active.Load() > 1 {
+		p.notify(min((p.parked.Load()+1)/2, p.active.Load()-1))
+		if p.active.Load() > 1 && !p.closed.Load() {
 			p.reaper.Reset(idleTimeout)
 			return
 		}
 		p.reaping.Store(false)
 		// A worker that started meanwhile saw reaping and did not arm the
 		// timer: look again.
-		if p.active.Load() <= 1 || !p.reaping.CompareAndSwap(false, true) {
+		if p.active.Load() <= 1 || p.closed.Load() || !p.reaping.CompareAndSwap(false, true) {
 			return
 		}
 	}
@@ -243,29 +263,49 @@ func (p *Pool) armReaper() {
 	}
 }
 
-// retireParked wakes parked workers after Tune made the pool smaller, with
-// retirement notices, so that they retire now rather than take new tasks
-// beyond the new cap. A notice that finds no parked worker waits in the
-// queue or is not sent; either way it is harmless.
+// retireParked wakes parked workers after Tune made the pool smaller, so
+// that they retire now rather than take new tasks beyond the new cap.
 func (p *Pool) retireParked() {
-	for n := min(p.active.Load()-p.workers.Load(), p.parked.Load()); n > 0; n-- {
+	p.notify(min(p.active.Load()-p.workers.Load(), p.parked.Load()))
+}
+
+// notify sends up to n notices on p.wake, each to a worker parked at that
+// moment, and stops at the first that finds none. p.mu orders the sends
+// with Shutdown's close of p.wake.
+func (p *Pool) notify(n int64) {
+	if n <= 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for ; n > 0 && !p.closed.Load(); n-- {
 		select {
-		case p.queue <- item{}:
+		case p.wake <- struct{}{}:
 		default:
 			return
 		}
 	}
 }
 
-// taskExited repairs the books when a task ended its worker's goroutine
-// with runtime.Goexit (t.FailNow in a test, say): the task counts Failed,
-// and a new loop takes the worker's place in active.
+// taskExited repairs the books when a task (or the observer or error
+// handler it called) ended its worker's goroutine with runtime.Goexit
+// (t.FailNow in a test, say): the worker's place goes to a new loop, or is
+// given up if the pool has shrunk or is shutting down; then the task, if
+// it was not yet settled, counts Failed. The place is seen to first, since
+// settling calls the observer, which may call Goexit again.
 func (p *Pool) taskExited(w *worker) {
-	p.finish(&w.slot, item{}, OutcomeFailed, report{queued: true, started: true, err: errGoexit})
 	p.mu.Lock()
 	p.free = append(p.free, w)
 	p.mu.Unlock()
-	p.startWorker(nil)
+	if p.closed.Load() || p.active.Load() > p.workers.Load() {
+		p.active.Add(-1)
+		if p.closed.Load() {
+			p.checkDrained()
+		}
+	} else {
+		p.startWorker(nil)
+	}
+	p.finish(&w.slot, item{}, OutcomeFailed, report{queued: true, started: true, err: errGoexit})
 }
 
 var errGoexit = errors.New("bgpool: task called runtime.Goexit")
@@ -298,6 +338,9 @@ func (p *Pool) finish(s *slot, it item, out Outcome, r report) {
 	}
 	for {
 		st := s.state.Load()
+		if st == slotIdle { // settled already: taskExited after a Goexit in the observer
+			return
+		}
 		if st == slotAbandoned {
 			s.state.Store(slotIdle)
 			if r.ctx != nil {
