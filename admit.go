@@ -3,6 +3,7 @@ package bgpool
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 )
 
 // Submit hands task to the pool; it runs on a worker with a context that
@@ -41,7 +42,7 @@ const (
 func (p *Pool) submit(ctx context.Context, task Task, mode submitMode) error {
 	// Counted before closed is read, so that a Shutdown that begins now
 	// sees this task as unsettled and waits for it (see checkDrained).
-	p.stats.submitted.Add(1)
+	p.stats.addSubmitted()
 	if ctx == nil || task == nil {
 		return p.reject(badSubmit(ctx))
 	}
@@ -81,10 +82,9 @@ func badSubmit(ctx context.Context) error {
 // the other and the task is never left behind.
 func (p *Pool) admitted() {
 	if len(p.queue) > 0 && p.active.Load() < p.workers.Load() && p.activate() {
-		select {
-		case head := <-p.queue: // the new worker takes the oldest task, which frees its slot at once
+		if head, ok := p.takeTask(); ok { // the new worker takes the oldest task, which frees its slot at once
 			p.startWorker(&head)
-		default: // a worker took it meanwhile
+		} else { // a worker took it meanwhile
 			p.startWorker(nil)
 		}
 	}
@@ -94,29 +94,23 @@ func (p *Pool) admitted() {
 }
 
 // overflow handles a task that found the queue full and no worker parked.
-// A worker may still be free to start; otherwise the policy decides. From
-// here until the task is admitted, refused or run, its Submit counts as
-// Waiting rather than Submitted (see Stats), so that a submitter busy in a
-// slow policy is never mistaken for a running or queued task.
+// A worker may still be free to start; otherwise the policy decides. Until
+// the task is admitted, refused or run, Stats counts its Submit as Waiting.
 func (p *Pool) overflow(ctx context.Context, it item, mode submitMode) error {
-	p.stats.waiting.Add(1)
 	if p.admitByStarting(it) {
-		p.stats.unwait()
 		return nil
 	}
 	if mode == neverWait {
-		p.stats.unwait()
 		return p.reject(ErrOverloaded)
 	}
 	if p.block {
 		// What Block does through an Overflow, without allocating one.
 		if err := p.wait(ctx, it); err != nil {
-			p.stats.unwait()
 			return p.reject(err)
 		}
 		return nil
 	}
-	o := Overflow{pool: p, ctx: it.ctx, task: it.task, waiting: true}
+	o := Overflow{pool: p, ctx: it.ctx, task: it.task}
 	return p.applyPolicy(ctx, &o)
 }
 
@@ -125,13 +119,12 @@ func (p *Pool) overflow(ctx context.Context, it item, mode submitMode) error {
 // the head of the queue, if any, which makes room for it at the back.
 func (p *Pool) admitByStarting(it item) bool {
 	for p.activate() {
-		select {
-		case head := <-p.queue: // the oldest queued task goes to the new worker
-			p.startWorker(&head)
-		default: // nothing queued: it goes to the new worker itself
+		head, ok := p.takeTask()
+		if !ok { // nothing queued: it goes to the new worker itself
 			p.startWorker(&it)
 			return true
 		}
+		p.startWorker(&head) // the oldest queued task goes to the new worker
 		select {
 		case p.queue <- it: // into the room the head left
 			p.admitted()
@@ -149,7 +142,6 @@ func (p *Pool) applyPolicy(ctx context.Context, o *Overflow) (err error) {
 	returned := false
 	defer func() {
 		if !returned && !o.settled {
-			o.leave()
 			p.reject(errors.New("bgpool: policy panicked or called runtime.Goexit"))
 		}
 	}()
@@ -159,7 +151,6 @@ func (p *Pool) applyPolicy(ctx context.Context, o *Overflow) (err error) {
 		if err == nil {
 			err = ErrOverloaded
 		}
-		o.leave()
 		p.reject(err)
 	}
 	return err
@@ -167,10 +158,8 @@ func (p *Pool) applyPolicy(ctx context.Context, o *Overflow) (err error) {
 
 // wait is Overflow.Wait: it blocks until the task is admitted, in FIFO order
 // with other waiting submitters (the channel keeps its blocked senders in
-// order), or until ctx ends or Shutdown begins. The caller counts the
-// submitter in Stats.Waiting; wait takes it out when the task is admitted.
-// On failure the task is neither counted nor taken out: the caller settles
-// it.
+// order), or until ctx ends or Shutdown begins. On failure the task is not
+// counted: the caller settles it.
 func (p *Pool) wait(ctx context.Context, it item) error {
 	if ctx == nil {
 		return errors.New("bgpool: Overflow.Wait: nil context")
@@ -178,23 +167,26 @@ func (p *Pool) wait(ctx context.Context, it item) error {
 	if p.closed.Load() {
 		return ErrClosed
 	}
-	if p.admitByStarting(it) { // a worker may have retired since the caller looked
-		p.stats.unwait()
-		return nil
-	}
 	if err := ctx.Err(); err != nil {
 		return overloaded(err)
 	}
 	select {
 	case p.queue <- it: // admitted
-		p.stats.unwait()
 		p.admitted()
 		return nil
 	case <-ctx.Done(): // the submitter stopped waiting
 		return overloaded(ctx.Err())
-	case <-p.closing: // Shutdown began: nothing more is admitted
+	case <-p.closingShard(): // Shutdown began: nothing more is admitted
 		return ErrClosed
 	}
+}
+
+// closingShard returns one of the channels that Shutdown closes when it
+// begins, picked at random: every waiting submitter's select locks the one
+// it waits on, twice, and one channel shared by hundreds of waiters made
+// its lock a point of contention.
+func (p *Pool) closingShard() <-chan struct{} {
+	return p.closingShards[rand.Uint32()%uint32(len(p.closingShards))]
 }
 
 // dropOldest is Overflow.DropOldest.
@@ -214,7 +206,7 @@ func (p *Pool) dropOldest(it item) error {
 	if p.admitByStarting(it) {
 		return nil
 	}
-	if old, ok := p.takeOldest(); ok {
+	if old, ok := p.takeTask(); ok {
 		p.settle(OutcomeDropped, report{ctx: old.ctx, queued: true, at: old.at})
 	} else { // the queue holds nothing to drop (WithQueueSize(0)): this task is the oldest
 		p.settle(OutcomeDropped, report{ctx: it.ctx})
@@ -231,27 +223,12 @@ func (p *Pool) dropOldest(it item) error {
 	return nil
 }
 
-// takeOldest takes the oldest task from the queue, passing over retirement
-// notices, and reports false when the queue holds none.
-func (p *Pool) takeOldest() (item, bool) {
-	for {
-		select {
-		case it := <-p.queue:
-			if it.task != nil {
-				return it, true
-			}
-		default:
-			return item{}, false
-		}
-	}
-}
-
 // saturated reports whether a task submitted now would find no room: the
 // pool is closed, submitters are waiting for room, or no worker is free and
 // the queue is full. It takes no lock.
 func (p *Pool) saturated() bool {
-	if p.closed.Load() || p.stats.waiting.Load() > 0 {
-		return true
-	}
-	return len(p.queue) >= cap(p.queue) && p.parked.Load() == 0 && p.active.Load() >= p.workers.Load()
+	// Submitters wait for room only while the queue is full and no worker
+	// is parked, so this also tells whether some are waiting.
+	return p.closed.Load() ||
+		len(p.queue) >= cap(p.queue) && p.parked.Load() == 0 && p.active.Load() >= p.workers.Load()
 }

@@ -52,9 +52,9 @@ func newTaskContext(pool, ctx context.Context) context.Context {
 // a context from it): a task that never waits on its context pays one small
 // allocation and no timer.
 type deadlineContext struct {
-	pool     context.Context // the pool's context: cancellation and poolKey
-	values   context.Context // the submitter's context, for values only; nil for none
-	deadline time.Time
+	pool     *Pool                         // its base context gives cancellation and poolKey
+	values   context.Context               // the submitter's context, for values only; nil for none
+	deadline int64                         // Unix nanoseconds: 8 bytes rather than a time.Time's 24
 	inner    atomic.Pointer[deadlineState] // set once, on first use of Done
 	mu       sync.Mutex                    // serialises the creation of inner
 }
@@ -64,8 +64,8 @@ type deadlineState struct {
 	cancel context.CancelFunc
 }
 
-func newDeadlineContext(pool, ctx context.Context, deadline time.Time) *deadlineContext {
-	c := &deadlineContext{pool: pool, deadline: deadline}
+func newDeadlineContext(p *Pool, ctx context.Context, deadline time.Time) *deadlineContext {
+	c := &deadlineContext{pool: p, deadline: deadline.UnixNano()}
 	if ctx != context.Background() && ctx != context.TODO() {
 		c.values = ctx
 	}
@@ -83,7 +83,7 @@ func (c *deadlineContext) real() context.Context {
 	if s := c.inner.Load(); s != nil {
 		return s.ctx
 	}
-	ctx, cancel := context.WithDeadline(c.pool, c.deadline)
+	ctx, cancel := context.WithDeadline(c.pool.base, time.Unix(0, c.deadline))
 	c.inner.Store(&deadlineState{ctx, cancel})
 	return ctx
 }
@@ -96,17 +96,17 @@ func (c *deadlineContext) release() {
 	}
 }
 
-func (c *deadlineContext) Deadline() (time.Time, bool) { return c.deadline, true }
+func (c *deadlineContext) Deadline() (time.Time, bool) { return time.Unix(0, c.deadline), true }
 func (c *deadlineContext) Done() <-chan struct{}       { return c.real().Done() }
 
 func (c *deadlineContext) Err() error {
 	if s := c.inner.Load(); s != nil {
 		return s.ctx.Err()
 	}
-	if err := c.pool.Err(); err != nil {
+	if err := c.pool.base.Err(); err != nil {
 		return err
 	}
-	if !time.Now().Before(c.deadline) {
+	if time.Now().UnixNano() >= c.deadline {
 		return context.DeadlineExceeded
 	}
 	return nil
@@ -117,7 +117,7 @@ func (c *deadlineContext) Err() error {
 // context, so that context.Cause and derived contexts see the deadline;
 // every other key from the submitter's context.
 func (c *deadlineContext) Value(key any) any {
-	if v := c.pool.Value(key); v != nil {
+	if v := c.pool.base.Value(key); v != nil {
 		if _, ours := key.(poolKey); ours {
 			return v
 		}

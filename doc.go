@@ -42,6 +42,40 @@
 // or when Shutdown's deadline passes. Panics are recovered and reported as
 // *PanicError to the error handler (WithErrorHandler; by default, slog).
 //
+// # How it works
+//
+// ants contributes the goroutines: each worker is a loop on a goroutine of
+// an ants.Pool, started when a task needs it and given back to ants when it
+// has been idle. bgpool adds everything else: the cap on running tasks, the
+// bounded queue, the policies, the rate limit, the accounting and the
+// drain.
+//
+// The queue is a buffered channel of QueueSize tasks, and the workers
+// receive from it. Submit counts the task, then tries a non-blocking send:
+// a worker parked on the channel gets the task handed to it directly, and
+// otherwise the task waits in the buffer. No lock is taken on that path
+// besides the channel's own, and at most one worker is woken per task. Only
+// when the buffer is full does Submit look further: start another worker if
+// the cap allows, else apply the policy (Block waits as a blocked sender on
+// the channel, which keeps waiting submitters in FIFO order). Outcomes are
+// counted in atomic counters, each on its own cache line; Stats reads them,
+// the queue's length and the workers' states into one snapshot whose sum
+// always adds up. A mutex guards only what changes when a worker starts or
+// leaves, and Shutdown.
+//
+// With a rate limit (WithRateLimit, or a Limiter of your own with
+// WithLimiter) a worker takes the next task and then waits for its token,
+// so Submit never waits for the limiter and a slow limiter (a network
+// round trip) holds up a worker, never a lock.
+//
+// # Bad input
+//
+// Bad input is an error wherever a function returns one: New, Submit,
+// TrySubmit, Shutdown, Serve. Constructors that return no error (Middleware,
+// StatsHandler, Expvar) panic at once, with a message that starts with
+// "bgpool:", when given a nil pool or option: that is a programming error
+// that must not wait for the first request to show.
+//
 // # HTTP
 //
 // Middleware attaches a pool to each request; Go submits a task from a
@@ -52,8 +86,8 @@
 //
 // # Observability
 //
-// Stats is a snapshot of gauges and counters; StatsHandler serves it as
-// JSON, Expvar publishes it with expvar, and WithObserver reports each
-// task's outcome, queue wait and run time, for histograms (see the
-// contrib/prometheus module).
+// Stats is a snapshot of gauges and counters, requests shed with 503
+// included; StatsHandler serves it as JSON, Expvar publishes it with
+// expvar, and WithObserver reports each task's outcome, queue wait and run
+// time, for histograms (see the contrib/prometheus module).
 package bgpool

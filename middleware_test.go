@@ -524,9 +524,11 @@ func TestWithSheddingAnswers503WhileThePoolCannotAdmit(t *testing.T) {
 			if tt.wantStatus == http.StatusOK {
 				assert.Equal(t, "handled", body)
 				assert.Len(t, called, 1)
+				assert.Zero(t, p.Stats().Shed)
 				return
 			}
 			assert.Empty(t, called, "the handler is not called")
+			assert.Equal(t, uint64(1), p.Stats().Shed, "the shed request is counted")
 			assert.Equal(t, "2", resp.Header.Get("Retry-After"))
 			assert.Equal(t, "text/plain; charset=utf-8", resp.Header.Get("Content-Type"))
 			assert.NotEmpty(t, body)

@@ -38,9 +38,10 @@ type TaskEvent struct {
 	Queued bool
 	// Started tells whether the task ran, so that RunTime is its run time.
 	Started bool
-	// QueueWait is how long the task waited between admission and its start
-	// (or its discarding or abandonment). It is zero for a task that was
-	// never queued: rejected, dropped on arrival, or run by CallerRuns.
+	// QueueWait is how long the task waited between its Submit and its start
+	// (or its discarding or abandonment), time spent waiting for room under
+	// Block included. It is zero for a task that was never queued:
+	// rejected, dropped on arrival, or run by CallerRuns.
 	QueueWait time.Duration
 	// RunTime is how long the task ran. It is zero for a task that did not
 	// run.

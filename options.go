@@ -129,9 +129,11 @@ func WithTaskTimeout(d time.Duration) Option {
 }
 
 // WithMaxQueueWait makes the pool discard, instead of run, a task that
-// waited in the queue for longer than d: such a task is counted Dropped. The
-// default, zero, means tasks wait as long as it takes. A negative d is an
-// error.
+// waited for longer than d between its Submit and the moment a worker took
+// it: such a task is counted Dropped (OutcomeExpired for the observer). A
+// Submit that waited for room under Block or BlockFor counts that wait too:
+// the task is as stale as its request. The default, zero, means tasks wait
+// as long as it takes. A negative d is an error.
 func WithMaxQueueWait(d time.Duration) Option {
 	return optionFunc(func(o *options) error {
 		if d < 0 {

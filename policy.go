@@ -128,16 +128,6 @@ type Overflow struct {
 	ctx     context.Context
 	task    Task
 	settled bool
-	waiting bool // the Submit is counted in Stats.Waiting (see Pool.overflow)
-}
-
-// leave takes the Submit out of Stats.Waiting, once, before the task is
-// settled.
-func (o *Overflow) leave() {
-	if o.waiting {
-		o.waiting = false
-		o.pool.stats.unwait()
-	}
 }
 
 // Wait blocks until the task is admitted to the queue or a worker, in FIFO
@@ -154,14 +144,12 @@ func (o *Overflow) Wait(ctx context.Context) error {
 	if o.pool.stamp {
 		it.at = o.pool.now()
 	}
-	if !o.waiting { // an Overflow made by hand; wait expects a counted waiter
-		o.waiting = true
-		o.pool.stats.waiting.Add(1)
+	if ctx != nil && !o.pool.closed.Load() && o.pool.admitByStarting(it) { // a worker may have retired since the pool looked
+		o.settled = true
+		return nil
 	}
 	err := o.pool.wait(ctx, it)
-	if err == nil {
-		o.settled, o.waiting = true, false // wait took it out of Waiting
-	}
+	o.settled = err == nil
 	return err
 }
 
@@ -171,7 +159,6 @@ func (o *Overflow) Drop() error {
 		return errSettled
 	}
 	o.settled = true
-	o.leave()
 	o.pool.settle(OutcomeDropped, report{ctx: o.ctx})
 	return nil
 }
@@ -182,7 +169,6 @@ func (o *Overflow) Reject() error {
 		return errSettled
 	}
 	o.settled = true
-	o.leave()
 	return o.pool.reject(ErrOverloaded)
 }
 
@@ -195,7 +181,6 @@ func (o *Overflow) DropOldest() error {
 		return errSettled
 	}
 	o.settled = true
-	o.leave()
 	return o.pool.dropOldest(item{ctx: o.ctx, task: o.task})
 }
 
@@ -212,6 +197,5 @@ func (o *Overflow) Run() error {
 		return errSettled
 	}
 	o.settled = true
-	o.leave()
 	return o.pool.runHere(item{ctx: o.ctx, task: o.task})
 }

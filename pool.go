@@ -54,9 +54,9 @@ type Pool struct {
 	epoch   time.Time       // the origin of the pool's clock (see now)
 	base    context.Context // parent of every task's cancellation
 	cancel  context.CancelCauseFunc
-	closing chan struct{} // closed when Shutdown begins, for waiting submitters
-	wake    chan struct{} // unbuffered: notices to parked workers (see next); closed when Shutdown begins
-	done    chan struct{} // closed when the pool has drained, or Shutdown has abandoned what was left
+	// closed when Shutdown begins, for waiting submitters (see closingShard)
+	closingShards [8]chan struct{}
+	done          chan struct{} // closed when the pool has drained, or Shutdown has abandoned what was left
 	// closed when Shutdown abandons what is left, for those who wait for
 	// tasks (Do, Group, Future): a running task is abandoned, but may never
 	// return.
@@ -100,8 +100,8 @@ type Pool struct {
 // item is a task on its way to a worker.
 type item struct {
 	ctx  context.Context // the submitter's context, for values only
-	task Task            // nil for a retirement notice from Tune (see retireParked)
-	at   time.Duration   // admission time on the pool's clock, set only when p.stamp
+	task Task
+	at   time.Duration // admission time on the pool's clock, set only when p.stamp
 }
 
 type poolKey struct{}
@@ -142,13 +142,14 @@ func New(size int, opts ...Option) (*Pool, error) {
 		stamp:   o.maxQueueWait > 0 || o.observer != nil,
 		block:   isBlock(o.policy),
 		epoch:   time.Now(),
-		closing: make(chan struct{}),
-		wake:    make(chan struct{}),
 		done:    make(chan struct{}),
 
 		abandonedCh: make(chan struct{}),
 		released:    make(chan struct{}),
 		callers:     make(map[*slot]struct{}),
+	}
+	for i := range p.closingShards {
+		p.closingShards[i] = make(chan struct{})
 	}
 	p.workers.Store(int64(size))
 	p.base, p.cancel = context.WithCancelCause(context.WithValue(context.Background(), poolKey{}, p))
@@ -175,9 +176,9 @@ func (p *Pool) Tune(size int) {
 		p.retireParked()
 		return
 	}
-	// Start a worker for every queued task (and waiting submitter) that the
-	// new room lets start now.
-	for need := len(p.queue) + int(p.stats.waiting.Load()); need > 0 && p.activate(); need-- {
+	// Start a worker for every queued task that the new room lets start
+	// now, and one more for a submitter waiting for room, if any.
+	for need := len(p.queue) + 1; need > 0 && p.activate(); need-- {
 		p.startWorker(nil)
 	}
 }

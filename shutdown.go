@@ -41,13 +41,15 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 		return errors.New("bgpool: Shutdown: nil context")
 	}
 	// p.mu orders this with runHere's registration, which checks closed
-	// under it, and with notify's sends on p.wake.
+	// under it, and with notify's sends on the wake channels.
 	p.mu.Lock()
 	first := !p.closed.Load()
 	if first {
 		p.closed.Store(true)
-		close(p.closing)
-		close(p.wake)
+		for _, c := range p.closingShards {
+			close(c)
+		}
+		p.wakeParked()
 	}
 	p.mu.Unlock()
 	if first {
@@ -68,7 +70,7 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	}
 	if p.abandoned.Load() {
 		return fmt.Errorf("bgpool: shutdown: %d tasks were abandoned by an earlier Shutdown",
-			p.stats.outcomes[OutcomeAbandoned].Load())
+			p.stats.load(OutcomeAbandoned))
 	}
 	// Every task has ended; wait for the workers to leave, within ctx and
 	// releaseMargin beyond it: parked workers leave at once, but an
@@ -115,7 +117,7 @@ func (p *Pool) abandon(ctx context.Context) error {
 	p.cause.CompareAndSwap(nil, &cause)
 	if !p.abandoned.CompareAndSwap(false, true) {
 		return fmt.Errorf("bgpool: shutdown: %d tasks abandoned: %w",
-			p.stats.outcomes[OutcomeAbandoned].Load(), ctx.Err())
+			p.stats.load(OutcomeAbandoned), ctx.Err())
 	}
 	running, held := 0, 0
 	p.mu.Lock()

@@ -2,6 +2,7 @@ package bgpool
 
 import (
 	"context"
+	"math/rand/v2"
 	"sync/atomic"
 	"time"
 )
@@ -20,7 +21,7 @@ type Stats struct {
 	Running   int // tasks executing, or handed to a worker and about to: on workers, and on submitters through CallerRuns (Overflow.Run)
 	Queued    int // tasks in the queue, and tasks a worker has taken that wait for a rate-limit token
 	QueueSize int // the queue's capacity
-	Waiting   int // Submit calls waiting for room; not counted in Submitted until they end
+	Waiting   int // Submit calls not yet decided: nearly all of them waiting for room; not counted in Submitted until they are
 
 	Submitted uint64 // calls to Submit and TrySubmit that were admitted or refused, and tasks Go kept for after a response (WithAfterResponse)
 	Completed uint64 // tasks that returned nil
@@ -33,12 +34,14 @@ type Stats struct {
 	Shed uint64 // requests answered 503 by Middleware's WithShedding; requests, not tasks, so not part of the sum above
 }
 
-// counters are a pool's outcome counters. Each lives on its own cache line:
-// submitters add to submitted while workers add to completed, and two hot
-// counters on one line would make every task move it between cores.
+// counters are a pool's outcome counters. Each lives on its own cache line,
+// and the two that change with every task, submitted on the submitters'
+// side and completed on the workers', are split in shards picked at
+// random: with hundreds of submitters on two cores, one counter would move
+// between the cores on nearly every task.
 type counters struct {
-	submitted padded // Submit calls, counted as they begin; see Stats
-	waiting   padded // Submit calls waiting for room
+	submitted [shards]padded // Submit calls, counted as they begin; see Stats
+	completed [shards]padded // OutcomeCompleted
 	outcomes  [outcomeCount]padded
 	shed      atomic.Uint64
 }
@@ -48,20 +51,47 @@ type padded struct {
 	_ [56]byte
 }
 
-// unwait takes a submitter out of waiting.
-func (c *counters) unwait() { c.waiting.Add(^uint64(0)) }
+const shards = 8
+
+// add counts one task in out.
+func (c *counters) add(out Outcome) {
+	switch out {
+	case OutcomeCompleted:
+		c.completed[rand.Uint32()%shards].Add(1)
+	case OutcomeExpired:
+		c.outcomes[OutcomeDropped].Add(1)
+	default:
+		c.outcomes[out].Add(1)
+	}
+}
+
+// addSubmitted counts one Submit call.
+func (c *counters) addSubmitted() { c.submitted[rand.Uint32()%shards].Add(1) }
+
+// load reads the Stats counter of out (OutcomeExpired counts as Dropped).
+func (c *counters) load(out Outcome) uint64 {
+	switch out {
+	case OutcomeCompleted:
+		return sum(&c.completed)
+	case OutcomeExpired:
+		out = OutcomeDropped
+	}
+	return c.outcomes[out].Load()
+}
+
+// loadSubmitted reads the number of Submit calls.
+func (c *counters) loadSubmitted() uint64 { return sum(&c.submitted) }
+
+func sum(s *[shards]padded) uint64 {
+	var n uint64
+	for i := range s {
+		n += s[i].Load()
+	}
+	return n
+}
 
 // outcomeCount sizes counters.outcomes, indexed by Outcome.
 const outcomeCount = int(OutcomeAbandoned) + 1
-
-// counter returns the Stats counter of out: OutcomeExpired counts as
-// Dropped.
-func (c *counters) counter(out Outcome) *atomic.Uint64 {
-	if out == OutcomeExpired {
-		out = OutcomeDropped
-	}
-	return &c.outcomes[out].Uint64
-}
 
 // report is what the observer is told of a task besides its outcome.
 type report struct {
@@ -77,7 +107,7 @@ type report struct {
 // reports it to the observer, and, once Shutdown has begun, lets Shutdown
 // know when nothing is left. Every task passes here exactly once.
 func (p *Pool) settle(out Outcome, r report) {
-	p.stats.counter(out).Add(1)
+	p.stats.add(out)
 	if p.closed.Load() {
 		defer p.checkDrained() // deferred: the observer may call runtime.Goexit
 	}
@@ -122,7 +152,7 @@ func (p *Pool) abandonErr() error {
 // negative: a task's outcome is counted after its submission.
 func (p *Pool) unsettled() uint64 {
 	settled := p.endedCount()
-	return p.stats.submitted.Load() - settled
+	return p.stats.loadSubmitted() - settled
 }
 
 // Stats returns a snapshot of the pool's state and counters that satisfies
@@ -145,48 +175,46 @@ func (p *Pool) unsettled() uint64 {
 func (p *Pool) Stats() Stats {
 	var s Stats
 	var held, executing int
-	var inQueue, waiting, calls, ended uint64
+	var inQueue, calls, ended uint64
 	// A task that ends while the snapshot is taken could be missed by
 	// every field; take it again (a few times at most) when one did.
 	for try := 0; ; try++ {
 		s = Stats{
 			Workers:   int(p.workers.Load()),
 			QueueSize: cap(p.queue),
-			Completed: p.stats.outcomes[OutcomeCompleted].Load(),
-			Failed:    p.stats.outcomes[OutcomeFailed].Load(),
-			Panicked:  p.stats.outcomes[OutcomePanicked].Load(),
-			Dropped:   p.stats.outcomes[OutcomeDropped].Load(),
-			Rejected:  p.stats.outcomes[OutcomeRejected].Load(),
-			Abandoned: p.stats.outcomes[OutcomeAbandoned].Load(),
+			Completed: p.stats.load(OutcomeCompleted),
+			Failed:    p.stats.load(OutcomeFailed),
+			Panicked:  p.stats.load(OutcomePanicked),
+			Dropped:   p.stats.load(OutcomeDropped),
+			Rejected:  p.stats.load(OutcomeRejected),
+			Abandoned: p.stats.load(OutcomeAbandoned),
 		}
 		ended = s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned
 		// Slots before the queue: a task moves from the queue to a slot,
 		// so read in this order it is seen at most once.
 		held, executing = p.countSlots()
 		inQueue = uint64(held) + uint64(len(p.queue))
-		waiting = p.stats.waiting.Load()
-		calls = p.stats.submitted.Load()
+		calls = p.stats.loadSubmitted()
 		if try == 3 || p.endedCount() == ended {
 			break
 		}
 	}
-	s.Waiting = int(waiting)
 	s.Shed = p.stats.shed.Load()
-	// A waiter's task may end before the waiter leaves Waiting; it is then
-	// counted once, as ended.
-	inflight := max(calls-waiting, ended) - ended
+	inflight := calls - ended
 	queued := min(inQueue, inflight)
-	// What is neither queued nor running on a worker or a caller is a
-	// Submit still deciding: it is counted once it has decided.
 	running := min(inflight-queued, uint64(executing))
-	submitted := ended + queued + running
-	s.Queued, s.Running, s.Submitted = int(queued), int(running), submitted
+	// What is neither queued nor running on a worker or a caller is a
+	// Submit still deciding, nearly always waiting for room: it is counted
+	// Waiting, and in Submitted once it has decided.
+	s.Queued, s.Running = int(queued), int(running)
+	s.Waiting = int(inflight - queued - running)
+	s.Submitted = ended + queued + running
 	return s
 }
 
 // endedCount sums the outcome counters.
 func (p *Pool) endedCount() uint64 {
-	var n uint64
+	n := sum(&p.stats.completed)
 	for i := range p.stats.outcomes {
 		n += p.stats.outcomes[i].Load()
 	}
@@ -222,7 +250,7 @@ func (p *Pool) countShed() { p.stats.shed.Add(1) }
 // Submitted and Dropped, so that Stats' sum still adds up.
 func (p *Pool) countDiscarded(tasks []item) {
 	for range tasks {
-		p.stats.submitted.Add(1)
+		p.stats.addSubmitted()
 		p.settle(OutcomeDropped, report{})
 	}
 }

@@ -32,6 +32,7 @@ const (
 // Stats and Shutdown, and reused by later loops.
 type worker struct {
 	slot
+	wake     chan struct{} // unbuffered: notices while parked (see notify); closed when Shutdown begins
 	pool     *Pool
 	loopFn   func() // w.loop, bound once so that starting a loop does not allocate
 	first    item   // the loop's first task, when it was started for one
@@ -80,7 +81,7 @@ func (p *Pool) startWorker(first *item) {
 	if n := len(p.free); n > 0 {
 		w, p.free = p.free[n-1], p.free[:n-1]
 	} else {
-		w = &worker{pool: p}
+		w = &worker{pool: p, wake: make(chan struct{})}
 		w.loopFn = w.loop
 		p.all = append(p.all, w)
 	}
@@ -127,19 +128,18 @@ func (w *worker) loop() {
 // false when w has retired: on a notice, as surplus, or because Shutdown
 // has begun and the queue is empty (or abandoned).
 //
-// A parked worker waits on the queue and on p.wake only: no timer, so that
-// parking costs no more than a channel receive needs. p.wake carries the
-// notices that retire idle workers (reap) and surplus ones (Tune), and is
-// closed when Shutdown begins. It is unbuffered, so a notice reaches a
-// worker that is parked at that moment or no one, and never takes a slot of
-// the queue.
+// A parked worker waits on the queue and on its own wake channel: no timer,
+// and no channel shared with the other workers besides the queue, so that
+// parking costs little more than a channel receive. Notices on the wake
+// channel retire idle workers (reap) and surplus ones (Tune); Shutdown
+// closes it.
 func (p *Pool) next(w *worker) (item, bool) {
-	select {
-	case it := <-p.queue: // the common case under load: the queue is not empty
-		return it, true
-	default:
-	}
 	for {
+		select {
+		case it := <-p.queue: // the common case under load: the queue is not empty
+			return it, true
+		default:
+		}
 		if p.closed.Load() {
 			if it, ok := p.drainOne(); ok {
 				return it, true
@@ -155,7 +155,9 @@ func (p *Pool) next(w *worker) (item, bool) {
 			continue
 		}
 		p.parked.Add(1)
-		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) { // Tune shrank the pool as w came to park
+		// Checked after counting itself parked: Tune sets the new size first
+		// and then looks at parked.
+		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
 			p.parked.Add(-1)
 			return item{}, false
 		}
@@ -163,9 +165,9 @@ func (p *Pool) next(w *worker) (item, bool) {
 		case it := <-p.queue: // a submitter handed over a task
 			p.parked.Add(-1)
 			return it, true
-		case _, open := <-p.wake: // a notice, or Shutdown began
+		case <-w.wake: // a notice, or Shutdown began (closed)
 			p.parked.Add(-1)
-			if open && p.retire(w, noticed) {
+			if !p.closed.Load() && p.retire(w, notice) {
 				return item{}, false
 			}
 		}
@@ -179,6 +181,12 @@ func (p *Pool) drainOne() (item, bool) {
 	if p.abandoned.Load() {
 		return item{}, false
 	}
+	return p.takeTask()
+}
+
+// takeTask takes the task at the head of the queue, and reports false when
+// the queue holds none.
+func (p *Pool) takeTask() (item, bool) {
 	select {
 	case it := <-p.queue:
 		return it, true
@@ -191,7 +199,7 @@ func (p *Pool) drainOne() (item, bool) {
 type retirement uint8
 
 const (
-	noticed retirement = iota // it received a notice: surplus after Tune, or idle; the last worker stays
+	notice  retirement = iota // it received a notice: surplus after Tune, or idle; the last worker stays
 	surplus                   // Tune made the cap smaller than active
 	closing                   // Shutdown began and the queue is empty
 )
@@ -211,7 +219,7 @@ func (p *Pool) retire(w *worker, why retirement) bool {
 	for {
 		n := p.active.Load()
 		switch {
-		case why == noticed && n <= 1:
+		case why == notice && n <= 1:
 			return false
 		case why == surplus && n <= p.workers.Load():
 			return false
@@ -269,21 +277,36 @@ func (p *Pool) retireParked() {
 	p.notify(min(p.active.Load()-p.workers.Load(), p.parked.Load()))
 }
 
-// notify sends up to n notices on p.wake, each to a worker parked at that
-// moment, and stops at the first that finds none. p.mu orders the sends
-// with Shutdown's close of p.wake.
+// notify sends up to n notices, each to a worker parked at that moment:
+// a send on a worker's unbuffered wake channel succeeds only if it is
+// parked. p.mu orders the sends with Shutdown's closing of the channels.
 func (p *Pool) notify(n int64) {
 	if n <= 0 {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for ; n > 0 && !p.closed.Load(); n-- {
-		select {
-		case p.wake <- struct{}{}:
-		default:
+	if p.closed.Load() {
+		return
+	}
+	for _, w := range p.all {
+		if n == 0 {
 			return
 		}
+		select {
+		case w.wake <- struct{}{}:
+			n--
+		default: // not parked
+		}
+	}
+}
+
+// wakeParked closes every worker's wake channel once Shutdown has begun:
+// parked workers wake and find the pool closed, and none parks again.
+// Requires p.mu.
+func (p *Pool) wakeParked() {
+	for _, w := range p.all {
+		close(w.wake)
 	}
 }
 
@@ -445,7 +468,7 @@ func (p *Pool) runHere(it item) error {
 func (p *Pool) execute(it item) (out Outcome, ran time.Duration, err error) {
 	var ctx context.Context
 	if p.opts.taskTimeout > 0 {
-		dc := newDeadlineContext(p.base, it.ctx, time.Now().Add(p.opts.taskTimeout))
+		dc := newDeadlineContext(p, it.ctx, time.Now().Add(p.opts.taskTimeout))
 		defer dc.release()
 		ctx = dc
 	} else {
