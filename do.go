@@ -21,8 +21,8 @@ import (
 //
 // The task runs like any other: on a worker, under the pool's cap, policy,
 // rate limit, task timeout and observer, and its error also goes to the
-// error handler. Do costs two allocations beyond Submit's (the record it
-// waits on and its channel). Do from inside a task of the same pool waits for
+// error handler. Do costs two allocations (the record it waits on, and its
+// channel), with a task value made once. Do from inside a task of the same pool waits for
 // a worker that may never come, if every worker does the same: give such
 // calls a ctx with a deadline. Do is safe for concurrent use.
 func (p *Pool) Do(ctx context.Context, task Task) error {
@@ -54,6 +54,7 @@ type awaited struct {
 	future futureTask // the task of a Future
 	group  *Group     // the Group it reports to; nil for Do and Future
 	state  atomic.Uint32
+	tc     taskContext // the task's context, made in place (see taskContext)
 
 	// Do's and a Future's. The ending writes err and returned, then closes
 	// done; waiters read them after done.
@@ -100,6 +101,14 @@ func (c *awaited) Value(key any) any {
 }
 
 func (c *awaited) String() string { return "bgpool.awaited" }
+
+// taskContext returns the pool's context for c's task, which newTaskContext
+// would otherwise allocate: made inside c, it costs nothing more. The pool
+// calls it once, when the task starts.
+func (c *awaited) taskContext(pool context.Context) context.Context {
+	c.tc = taskContext{pool: pool, values: c}
+	return &c.tc
+}
 
 // unrun ends c for a task that the pool settled without running it.
 func (c *awaited) unrun(err error) { c.end(err, false) }

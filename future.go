@@ -29,9 +29,9 @@ type Future[T any] struct {
 // cap, policy, rate limit, task timeout and observer, and its error also
 // goes to the pool's error handler.
 //
-// On the common path, with a task context of its own (no WithTaskTimeout),
-// Submit costs three allocations: the Future, its channel, and the pool's
-// task context. Submit is safe for concurrent use.
+// Submit allocates the Future and its channel, and nothing else (without
+// WithTaskTimeout, whose task context costs one more); fn, if it is a fresh
+// closure, is the caller's. Submit is safe for concurrent use.
 func Submit[T any](ctx context.Context, p *Pool, fn func(ctx context.Context) (T, error)) (*Future[T], error) {
 	if ctx == nil {
 		return nil, p.Submit(ctx, runAwaited) // ctx is nil: counted, and refused with Submit's error

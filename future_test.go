@@ -148,3 +148,33 @@ func TestFutureAdmissionErrors(t *testing.T) {
 	assert.Equal(t, 1, got)
 	<-f.Done() // after the end: no watch is registered, and the channel is closed
 }
+
+// TestWaitingAllocations checks the allocations that the docs promise: a
+// Future costs itself and its channel, Do the same, a Group task its
+// record, all with a task value made once and a submitter's context with
+// values (a worker runs each task; the pool allocates nothing per task).
+func TestWaitingAllocations(t *testing.T) {
+	p := defectPool(t, 1, bgpool.WithQueueSize(128)) // no Submit waits for room
+	ctx := context.WithValue(context.Background(), requestKey{}, "req")
+	fn := func(context.Context) (int, error) { return 1, nil }
+	task := func(context.Context) error { return nil }
+	require.NoError(t, p.Do(ctx, task)) // start the worker
+
+	future := testing.AllocsPerRun(1000, func() {
+		f, _ := bgpool.Submit(ctx, p, fn)
+		_, _ = f.Wait(ctx)
+	})
+	assert.Equal(t, 2.0, future, "Submit[T] and Future.Wait: the Future and its channel")
+
+	do := testing.AllocsPerRun(1000, func() { _ = p.Do(ctx, task) })
+	assert.Equal(t, 2.0, do, "Do: its record and channel")
+
+	group := testing.AllocsPerRun(100, func() {
+		g, _ := p.NewGroup(ctx)
+		for range 100 {
+			_ = g.Submit(task)
+		}
+		_ = g.Wait()
+	})
+	assert.Equal(t, 108.0, group, "a Group of 100 tasks: a record per task, eight for NewGroup and Wait")
+}

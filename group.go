@@ -21,9 +21,9 @@ import (
 // more tasks to their own group while Wait waits. After Wait has returned,
 // Submit and TrySubmit return an error; make a new Group for new work.
 //
-// A Group task costs two allocations beyond Submit's with a task value made
-// once (the record Wait counts, and the pool's task context); NewGroup and
-// Wait together cost eight, about 0.8 a task in a fan-out of 10.
+// A Group task costs one allocation, the record Wait counts, with a task
+// value made once; NewGroup and Wait together cost eight, about 0.8 a task
+// in a fan-out of 10.
 type Group struct {
 	pool *Pool
 	// ctx is the group's context, returned by NewGroup: cancelled on the
