@@ -21,10 +21,11 @@ import (
 //
 // The task runs like any other: on a worker, under the pool's cap, policy,
 // rate limit, task timeout and observer, and its error also goes to the
-// error handler. Do costs two allocations (the record it waits on, and its
-// channel), with a task value made once. Do from inside a task of the same pool waits for
-// a worker that may never come, if every worker does the same: give such
-// calls a ctx with a deadline. Do is safe for concurrent use.
+// error handler. Do costs two allocations, the record it waits on and its
+// channel, with a task value made once. Do from inside a task of the same
+// pool waits for a worker that may never come if every worker does the
+// same: give such calls a ctx with a deadline. Do is safe for concurrent
+// use.
 func (p *Pool) Do(ctx context.Context, task Task) error {
 	if ctx == nil || task == nil {
 		return p.Submit(ctx, task) // counted, and refused with Submit's error
@@ -82,11 +83,11 @@ type futureTask interface {
 // awaitedKey is the context key under which an awaited answers with itself.
 type awaitedKey struct{}
 
-// Value answers awaitedKey with c and, while the task has not started, unrunKey
-// with the function that ends c; every other key from the context c was made
-// from. Once the task runs it no longer answers unrunKey, so that a task
-// that submits plain tasks with its own context does not lend them c's
-// notification.
+// Value answers awaitedKey with c and, while the task has not started,
+// unrunKey with the function that ends c; every other key from the context
+// c was made from. Once the task runs it no longer answers unrunKey, so that
+// a task that submits plain tasks with its own context does not lend them
+// c's notification.
 func (c *awaited) Value(key any) any {
 	switch key.(type) {
 	case awaitedKey:
@@ -163,7 +164,7 @@ func (c *awaited) wait(ctx context.Context) (err error, ended bool) {
 // frames on the stack that the pool records.
 func runAwaited(ctx context.Context) error {
 	c := ctx.Value(awaitedKey{}).(*awaited)
-	c.state.CompareAndSwap(awaitQueued, awaitRunning) // fails only for a Future already ended by an abandonment
+	c.state.CompareAndSwap(awaitQueued, awaitRunning) // fails only if a waiter has ended c at Shutdown's abandonment
 	returned := false
 	defer func() {
 		if returned {

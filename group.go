@@ -112,15 +112,19 @@ func (g *Group) submit(task Task, mode submitMode) error {
 		return errGroupDone
 	}
 	c := &awaited{Context: g.ctx, pool: g.pool, task: task, group: g}
-	if err := g.pool.submit(c, runAwaited, mode); err != nil {
-		// Not admitted: c will not end by itself. A policy may have
-		// settled it all the same (Drop, then an error), so end it only once.
-		if c.state.Swap(awaitEnded) != awaitEnded {
+	var err error
+	returned := false
+	defer func() {
+		// Not admitted (an error, or a policy that panicked): c will not
+		// end by itself. A policy may have settled it all the same (Drop,
+		// then an error), so end it only once.
+		if (err != nil || !returned) && c.state.Swap(awaitEnded) != awaitEnded {
 			g.release()
 		}
-		return err
-	}
-	return nil
+	}()
+	err = g.pool.submit(c, runAwaited, mode)
+	returned = true
+	return err
 }
 
 // Wait blocks until every task that the group admitted has ended, in any

@@ -472,3 +472,17 @@ func TestGroupPolicyThatDropsAndFails(t *testing.T) {
 	assert.ErrorIs(t, g.Wait(), bgpool.ErrDropped, "the drop was the task's end")
 	release()
 }
+
+// TestGroupPolicyThatPanics: the policy's panic goes on to the caller of
+// Submit, and the group does not wait for the task it never admitted.
+func TestGroupPolicyThatPanics(t *testing.T) {
+	p := defectPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.PolicyFunc(
+		func(context.Context, *bgpool.Overflow) error { panic("policy bug") })))
+	release := occupy(t, p, 1)
+	defer release()
+	g, _ := p.NewGroup(context.Background())
+	assert.PanicsWithValue(t, "policy bug", func() { _ = g.Submit(noop) })
+	waited := make(chan error, 1)
+	go func() { waited <- g.Wait() }()
+	assert.NoError(t, receive(t, waited, time.Second, "Wait waited for a task that was never admitted"))
+}

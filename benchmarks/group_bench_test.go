@@ -293,3 +293,41 @@ func BenchmarkGroup(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkNewGroup measures what a group costs by itself: making one and
+// waiting for it, with no task. ns/op and allocs/op are per group.
+func BenchmarkNewGroup(b *testing.B) {
+	ctx := context.Background()
+	b.Run("pool=bgpool-group", func(b *testing.B) {
+		p, stop := newBgpool(b, 64)
+		defer stop()
+		b.ReportAllocs()
+		for b.Loop() {
+			g, _ := p.NewGroup(ctx)
+			if err := g.Wait(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("pool=errgroup", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			g, _ := errgroup.WithContext(ctx)
+			g.SetLimit(64)
+			if err := g.Wait(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("pool=pond-group", func(b *testing.B) {
+		p := pond.NewPool(64)
+		defer p.StopAndWait()
+		b.ReportAllocs()
+		for b.Loop() {
+			g := p.NewGroupContext(ctx)
+			if err := g.Wait(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
