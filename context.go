@@ -42,6 +42,9 @@ func newTaskContext(pool, ctx context.Context) context.Context {
 	if ctx == context.Background() || ctx == context.TODO() {
 		return pool
 	}
+	if c, ok := ctx.(*awaited); ok { // Do, Group and Submit[T]: the record they wait on holds it (see do.go)
+		return c.taskContext(pool)
+	}
 	return &taskContext{pool: pool, values: ctx}
 }
 

@@ -76,6 +76,16 @@
 // "bgpool:", when given a nil pool or option: that is a programming error
 // that must not wait for the first request to show.
 //
+// # Waiting for tasks
+//
+// Pool.Submit hands a task off and forgets it. To wait for tasks and get their
+// errors and results back, while they still run under the pool's cap,
+// policy, rate limit and shutdown deadline: Pool.Do runs one task and
+// returns its error; Submit[T] returns a Future of a task's value; and
+// Pool.NewGroup makes a Group, errgroup.WithContext for the shared pool, for
+// one request's fan-out. None of them hangs on a task that the pool drops or
+// abandons: the waiter gets ErrDropped, or the error of Shutdown's deadline.
+//
 // # HTTP
 //
 // Middleware attaches a pool to each request; Go submits a task from a

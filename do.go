@@ -1,0 +1,191 @@
+package bgpool
+
+import (
+	"context"
+	"runtime/debug"
+	"sync/atomic"
+)
+
+// Do submits task like Submit and waits for it to end. It returns the
+// task's own error, a *PanicError if it panicked, ErrDropped if the pool
+// discarded it without running it (Drop, DropOldest, WithMaxQueueWait), an
+// error matching the cause of Shutdown's deadline (see Shutdown) if Shutdown
+// abandoned it, or Submit's error if the task was not admitted.
+//
+// Do blocks until the task ends, or until ctx ends: then it returns
+// ctx.Err() at once, and the task, queued or running, goes on (its context
+// is not cancelled, see Task) and is counted in Stats as usual. ctx also
+// bounds the wait for room under Block and BlockFor, as in Submit. A task
+// that ends is reported to Do before Stats counts it, so a Stats taken just
+// after Do returns may still show it Running.
+//
+// The task runs like any other: on a worker, under the pool's cap, policy,
+// rate limit, task timeout and observer, and its error also goes to the
+// error handler. Do costs two allocations, the record it waits on and its
+// channel, with a task value made once. Do from inside a task of the same
+// pool waits for a worker that may never come if every worker does the
+// same: give such calls a ctx with a deadline. Do is safe for concurrent
+// use.
+func (p *Pool) Do(ctx context.Context, task Task) error {
+	if ctx == nil || task == nil {
+		return p.Submit(ctx, task) // counted, and refused with Submit's error
+	}
+	c := &awaited{Context: ctx, pool: p, task: task, done: make(chan struct{})}
+	if err := p.Submit(c, runAwaited); err != nil {
+		return err
+	}
+	err, _ := c.wait(ctx)
+	return err
+}
+
+// An awaited is a task that someone waits for: Do's, a Group's or a
+// Future's. Do, Group and Submit[T] submit runAwaited with the awaited as
+// its context, which is how runAwaited finds it again without a closure per
+// task, and how the pool tells it of a task that ends without running
+// (unrunKey).
+//
+// As a context, an awaited has the Deadline, Done and Err of the context it
+// was made from (the submitter's, or the group's), which bound a blocking
+// admission, and that context's values, which the task sees.
+type awaited struct {
+	context.Context // the submitter's context, or the group's
+
+	pool   *Pool
+	task   Task       // the task of Do or of a Group
+	future futureTask // the task of a Future
+	group  *Group     // the Group it reports to; nil for Do and Future
+	state  atomic.Uint32
+	tc     taskContext // the task's context, made in place (see taskContext)
+
+	// Do's and a Future's. The ending writes err and returned, then closes
+	// done; waiters read them after done.
+	done     chan struct{}
+	err      error
+	returned bool // the task returned err; false when it panicked, called runtime.Goexit or did not run
+}
+
+// The states of an awaited. It ends exactly once: when its task returns,
+// panics or calls runtime.Goexit, when the pool tells it that the task will
+// not run (dropped, expired, abandoned), or, for a Future, at Shutdown's
+// abandonment.
+const (
+	awaitQueued  uint32 = iota // submitted, not started
+	awaitRunning               // runAwaited has started it
+	awaitEnded                 // settled; later endings are ignored
+)
+
+// futureTask is what a Future runs; see Future.run.
+type futureTask interface {
+	run(ctx context.Context) error
+	ended()
+}
+
+// awaitedKey is the context key under which an awaited answers with itself.
+type awaitedKey struct{}
+
+// Value answers awaitedKey with c and, while the task has not started,
+// unrunKey with the function that ends c; every other key from the context
+// c was made from. Once the task runs it no longer answers unrunKey, so that
+// a task that submits plain tasks with its own context does not lend them
+// c's notification.
+func (c *awaited) Value(key any) any {
+	switch key.(type) {
+	case awaitedKey:
+		return c
+	case unrunKey:
+		if c.state.Load() == awaitQueued {
+			return c.unrun // a method value allocates, but only on this rare path
+		}
+		return nil
+	}
+	return c.Context.Value(key)
+}
+
+func (c *awaited) String() string { return "bgpool.awaited" }
+
+// taskContext returns the pool's context for c's task, which newTaskContext
+// would otherwise allocate: made inside c, it costs nothing more. The pool
+// calls it once, when the task starts.
+func (c *awaited) taskContext(pool context.Context) context.Context {
+	c.tc = taskContext{pool: pool, values: c}
+	return &c.tc
+}
+
+// unrun ends c for a task that the pool settled without running it.
+func (c *awaited) unrun(err error) { c.end(err, false) }
+
+// end settles c with err, once: it reports to c's group, or records err and
+// closes done. returned tells whether the task itself returned err.
+func (c *awaited) end(err error, returned bool) {
+	if c.state.Swap(awaitEnded) == awaitEnded {
+		return
+	}
+	if c.group != nil {
+		c.group.taskEnded(err)
+		return
+	}
+	if c.future != nil {
+		c.future.ended()
+	}
+	c.err, c.returned = err, returned
+	close(c.done)
+}
+
+// wait blocks until c ends, ctx ends, or Shutdown abandons the pool's tasks,
+// and returns c's error, ctx's or the abandonment's. ended tells whether c
+// ended, so that c.returned may be read.
+func (c *awaited) wait(ctx context.Context) (err error, ended bool) {
+	select {
+	case <-c.done: // ended already: do not let a ctx that has ended too win the select below
+		return c.err, true
+	default:
+	}
+	select {
+	case <-c.done: // the task ended
+		return c.err, true
+	case <-ctx.Done(): // the caller stopped waiting; the task goes on
+		return ctx.Err(), false
+	case <-c.pool.abandonedCh: // Shutdown's deadline passed: a running task may never return
+		c.end(c.pool.abandonErr(), false) // unless it has ended meanwhile
+		<-c.done
+		return c.err, true
+	}
+}
+
+// runAwaited is the Task that Do, Group and Submit[T] submit for every
+// awaited. It is a function, not a closure, so that submitting it allocates
+// nothing: it finds its awaited in ctx, where the pool's task context has it
+// as the submitter's context.
+//
+// A panic in the task ends the awaited with a *PanicError and goes on to the
+// pool, which counts it Panicked and makes its own *PanicError for the
+// error handler, with the same Value; a runtime.Goexit ends it with an
+// error and goes on too. Recovering and panicking again keeps the original
+// frames on the stack that the pool records.
+func runAwaited(ctx context.Context) error {
+	c := ctx.Value(awaitedKey{}).(*awaited)
+	c.state.CompareAndSwap(awaitQueued, awaitRunning) // fails only if a waiter has ended c at Shutdown's abandonment
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		if v := recover(); v != nil {
+			c.end(&PanicError{Value: v, Stack: debug.Stack()}, false)
+			panic(v)
+		}
+		c.end(errGoexit, false)
+	}()
+	var err error
+	switch {
+	case c.group != nil:
+		err = c.group.run(ctx, c.task)
+	case c.future != nil:
+		err = c.future.run(ctx)
+	default:
+		err = c.task(ctx)
+	}
+	returned = true
+	c.end(err, true)
+	return err
+}
