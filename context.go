@@ -57,7 +57,7 @@ func newTaskContext(pool, ctx context.Context) context.Context {
 type deadlineContext struct {
 	pool     *Pool                         // its base context gives cancellation and poolKey
 	values   context.Context               // the submitter's context, for values only; nil for none
-	deadline int64                         // Unix nanoseconds: 8 bytes rather than a time.Time's 24
+	deadline time.Duration                 // on the pool's monotonic clock (Pool.now): 8 bytes rather than a time.Time's 24
 	inner    atomic.Pointer[deadlineState] // set once, on first use of Done
 	mu       sync.Mutex                    // serialises the creation of inner
 }
@@ -67,8 +67,11 @@ type deadlineState struct {
 	cancel context.CancelFunc
 }
 
-func newDeadlineContext(p *Pool, ctx context.Context, deadline time.Time) *deadlineContext {
-	c := &deadlineContext{pool: p, deadline: deadline.UnixNano()}
+// newDeadlineContext returns the context of a task that starts now and may
+// run for d. It reads the monotonic clock only, once: on virtual machines
+// the wall clock can cost as much as the rest of a task's overhead.
+func newDeadlineContext(p *Pool, ctx context.Context, d time.Duration) *deadlineContext {
+	c := &deadlineContext{pool: p, deadline: p.now() + d}
 	if ctx != context.Background() && ctx != context.TODO() {
 		c.values = ctx
 	}
@@ -86,7 +89,7 @@ func (c *deadlineContext) real() context.Context {
 	if s := c.inner.Load(); s != nil {
 		return s.ctx
 	}
-	ctx, cancel := context.WithDeadline(c.pool.base, time.Unix(0, c.deadline))
+	ctx, cancel := context.WithDeadline(c.pool.base, c.pool.epoch.Add(c.deadline))
 	c.inner.Store(&deadlineState{ctx, cancel})
 	return ctx
 }
@@ -99,7 +102,7 @@ func (c *deadlineContext) release() {
 	}
 }
 
-func (c *deadlineContext) Deadline() (time.Time, bool) { return time.Unix(0, c.deadline), true }
+func (c *deadlineContext) Deadline() (time.Time, bool) { return c.pool.epoch.Add(c.deadline), true }
 func (c *deadlineContext) Done() <-chan struct{}       { return c.real().Done() }
 
 func (c *deadlineContext) Err() error {
@@ -109,7 +112,7 @@ func (c *deadlineContext) Err() error {
 	if err := c.pool.base.Err(); err != nil {
 		return err
 	}
-	if time.Now().UnixNano() >= c.deadline {
+	if c.pool.now() >= c.deadline {
 		return context.DeadlineExceeded
 	}
 	return nil

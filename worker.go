@@ -468,7 +468,7 @@ func (p *Pool) runHere(it item) error {
 func (p *Pool) execute(it item) (out Outcome, ran time.Duration, err error) {
 	var ctx context.Context
 	if p.opts.taskTimeout > 0 {
-		dc := newDeadlineContext(p, it.ctx, time.Now().Add(p.opts.taskTimeout))
+		dc := newDeadlineContext(p, it.ctx, p.opts.taskTimeout)
 		defer dc.release()
 		ctx = dc
 	} else {
