@@ -131,3 +131,43 @@ func ExampleWithObserver() {
 	// Output:
 	// completed: 1 failed: 1
 }
+
+// quota is a Limiter of one's own: here, at most n task starts in all. A
+// Limiter shared by every replica of a service (on Redis, say) has the same
+// two methods.
+type quota struct{ left atomic.Int64 }
+
+var errQuotaSpent = errors.New("quota spent")
+
+func (q *quota) Wait(ctx context.Context) error {
+	if q.left.Add(-1) < 0 {
+		return errQuotaSpent
+	}
+	return ctx.Err()
+}
+
+func (q *quota) Allow() (bool, time.Duration) { return q.left.Add(-1) >= 0, 0 }
+
+func ExampleWithLimiter() {
+	q := &quota{}
+	q.left.Store(2)
+	p, err := bgpool.New(1, bgpool.WithLimiter(q),
+		bgpool.WithErrorHandler(func(_ context.Context, err error) { fmt.Println("error handler:", err) }))
+	if err != nil {
+		panic(err)
+	}
+	for i := range 3 {
+		_ = p.Submit(context.Background(), func(context.Context) error {
+			fmt.Println("task", i)
+			return nil
+		})
+	}
+	_ = p.Shutdown(context.Background())
+	s := p.Stats()
+	fmt.Println("completed:", s.Completed, "dropped:", s.Dropped)
+	// Output:
+	// task 0
+	// task 1
+	// error handler: bgpool: rate limiter failed; task dropped: quota spent
+	// completed: 2 dropped: 1
+}
