@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -389,7 +390,7 @@ func BenchmarkBlockedSubmit(b *testing.B) {
 	const workers, queue, submitters = 2, 2, 8
 	b.Run(fmt.Sprintf("pool=bgpool/submitters=%d", submitters), func(b *testing.B) {
 		r := openBgpool("")(b, workers, queue, func() {
-			spin(spinSteps)
+			spinSink.Store(spin(spinSteps)) // kept, so the compiler cannot drop the loop
 			runtime.Gosched()
 		})
 		defer r.close()
@@ -400,11 +401,12 @@ func BenchmarkBlockedSubmit(b *testing.B) {
 // spinSteps xorshift steps take about 1µs on the machine of the README.
 const spinSteps = 500
 
+// spinSink keeps spin's result alive, so that the compiler cannot drop the
+// loop.
+var spinSink atomic.Uint64
+
 // spin is a fixed amount of CPU work without sleeping or allocating: steps
-// rounds of a xorshift generator. It is not inlined, so the loop stays even
-// though callers drop the result.
-//
-//go:noinline
+// rounds of a xorshift generator.
 func spin(steps int) uint64 {
 	x := uint64(88172645463325252)
 	for range steps {
