@@ -127,13 +127,13 @@ func idleWith(completed uint64) func(bgpool.Stats) bool {
 }
 
 // balanced reports whether s accounts for every submitted task: Submitted ==
-// Completed+Failed+Panicked+Dropped+Rejected+Abandoned+Queued+Running, with
+// Completed+Failed+Panicked+Dropped+Rejected+Abandoned+HandedOff+Queued+Running, with
 // Queued and Running not negative.
 func balanced(s bgpool.Stats) bool {
 	if s.Queued < 0 || s.Running < 0 {
 		return false
 	}
-	return s.Submitted == s.Completed+s.Failed+s.Panicked+s.Dropped+s.Rejected+s.Abandoned+
+	return s.Submitted == s.Completed+s.Failed+s.Panicked+s.Dropped+s.Rejected+s.Abandoned+s.HandedOff+
 		uint64(s.Queued)+uint64(s.Running)
 }
 

@@ -86,6 +86,18 @@
 // one request's fan-out. None of them hangs on a task that the pool drops or
 // abandons: the waiter gets ErrDropped, or the error of Shutdown's deadline.
 //
+// # Jobs and durable hand-off
+//
+// A Job (NewJob) is a typed task whose args are plain data with a Kind, the
+// shape of River's JobArgs. It runs in the process like any task; what it
+// adds is that a Job that has not started can leave the process: with
+// WithHandoff, the Spill policy hands a Job the pool cannot admit to a
+// durable queue instead of dropping it, and Shutdown hands off the Jobs
+// still queued when its drain ends instead of abandoning them, keeping a
+// fifth of its grace for that. Such Jobs are counted HandedOff. The
+// contrib/river module provides the Handoff (River on PostgreSQL) and runs
+// River's jobs inside a pool.
+//
 // # HTTP
 //
 // Middleware attaches a pool to each request; Go submits a task from a

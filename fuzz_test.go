@@ -295,7 +295,7 @@ type fuzzRun struct {
 
 	started, returnedNil, returnedErr, panicked atomic.Int64
 	handled                                     atomic.Int64 // error handler calls
-	outcomes                                    [8]atomic.Uint64
+	outcomes                                    [bgpool.OutcomeHandedOff + 1]atomic.Uint64
 	policyCalls                                 atomic.Uint32
 
 	mu       sync.Mutex
@@ -796,7 +796,7 @@ func runFuzzProgram(t *testing.T, prog fuzzProgram) {
 	}
 	assert.Equal(t, r.calls.Load(), s.Submitted, "Submitted: got %d, want the number of calls", s.Submitted)
 	assert.Equal(t, s.Submitted, settled(s),
-		"Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned: %+v", s)
+		"Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned+HandedOff: %+v", s)
 	assert.Zero(t, s.Running, "Running at quiescence")
 	assert.Zero(t, s.Queued, "Queued at quiescence")
 	assert.LessOrEqual(t, int64(r.peak), r.maxCap.Load(), "tasks running at once on workers, against the largest cap")

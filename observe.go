@@ -6,22 +6,24 @@ import "time"
 type Outcome uint8
 
 // The outcomes. Each but OutcomeExpired is also a counter in Stats; an
-// expired task is counted Dropped there.
+// expired task is counted Dropped there. Values may be added after
+// OutcomeHandedOff in later versions.
 const (
 	OutcomeCompleted Outcome = iota + 1 // the task returned nil
 	OutcomeFailed                       // the task returned an error (or called runtime.Goexit)
 	OutcomePanicked                     // the task panicked
-	OutcomeDropped                      // discarded by Drop or DropOldest, or kept by a WithAfterResponse handler that panicked
+	OutcomeDropped                      // discarded by Drop, DropOldest or Spill, or kept by a WithAfterResponse handler that panicked
 	OutcomeExpired                      // discarded after waiting longer than WithMaxQueueWait
 	OutcomeRejected                     // refused with an error: ErrOverloaded, ErrClosed or bad input
-	OutcomeAbandoned                    // queued or running when Shutdown's deadline passed
+	OutcomeAbandoned                    // queued or running when Shutdown's deadline passed (a Job whose hand-off failed included)
+	OutcomeHandedOff                    // a Job passed to the pool's Handoff (Spill, or queued at Shutdown's deadline) that accepted it
 )
 
-var outcomeNames = [...]string{"", "completed", "failed", "panicked", "dropped", "expired", "rejected", "abandoned"}
+var outcomeNames = [...]string{"", "completed", "failed", "panicked", "dropped", "expired", "rejected", "abandoned", "handed_off"}
 
 // String returns the outcome's lower-case name, as used in metric labels:
-// "completed", "failed", "panicked", "dropped", "expired", "rejected" or
-// "abandoned".
+// "completed", "failed", "panicked", "dropped", "expired", "rejected",
+// "abandoned" or "handed_off".
 func (o Outcome) String() string {
 	if int(o) < len(outcomeNames) && o != 0 {
 		return outcomeNames[o]

@@ -33,6 +33,7 @@ type options struct {
 	onError      func(context.Context, error)
 	logger       *slog.Logger
 	observer     func(TaskEvent)
+	handoff      Handoff // nil for none
 }
 
 // setDefaults fills in every default in one place.

@@ -2,7 +2,7 @@
 //
 // A pool admits a task when a worker is free or the queue has room. When
 // neither holds, Submit hands the task to the pool's Policy, which settles it
-// in one of five ways:
+// in one of these ways:
 //
 //   - Block waits for room, for as long as the submitter's context allows.
 //     Choose it when every task matters and the submitter can afford to wait:
@@ -21,6 +21,11 @@
 //     backpressure without losing work: a producer that runs tasks itself
 //     cannot produce faster than the pool drains (Java's CallerRunsPolicy).
 //     Such tasks run outside the pool's size cap.
+//   - Spill hands a Job (see Job) to the pool's Handoff, a durable queue
+//     such as River, and drops a plain task. Choose it for work that must
+//     not be lost but need not run in this process (mail, webhooks,
+//     exports): under a spike the overflow waits in the store, for this
+//     process or another, instead of in memory.
 //
 // A Policy of your own decides with the same actions; see Overflow and the
 // package example "block 10ms, then reject".
@@ -40,7 +45,7 @@ import (
 // must be safe for concurrent use.
 //
 // Overflow must settle the task by calling exactly one of o's actions (Wait
-// that succeeds, Drop, Reject, DropOldest or Run) and return what Submit
+// that succeeds, Drop, Reject, DropOldest, Run or HandOff) and return what Submit
 // should return. A task left unsettled is counted Rejected, and Submit
 // returns Overflow's error, or ErrOverloaded if that is nil.
 type Policy interface {
@@ -86,7 +91,31 @@ var (
 	CallerRuns Policy = PolicyFunc(func(_ context.Context, o *Overflow) error {
 		return o.Run()
 	})
+
+	// Spill hands off a Job that finds no room to the pool's Handoff (see
+	// WithHandoff), counting it HandedOff, and drops a plain task (a
+	// closure), counting it Dropped, as Drop does: Submit returns nil either
+	// way. A failed hand-off drops the Job and passes the error to the
+	// error handler. The hand-off runs on the submitting goroutine, which
+	// it holds for the length of one Handoff call: with the submitter's
+	// context values, not its cancellation, and a timeout of 5 seconds, so
+	// that a Job the pool could not take reaches the store even if the
+	// request that submitted it has ended. New refuses Spill without
+	// WithHandoff. After Shutdown has begun, Submit refuses a Job with
+	// ErrClosed before any policy is asked, as it does every task.
+	Spill Policy = spillPolicy{}
 )
+
+// spillPolicy is Spill's type, so that New can recognise it (see isSpill).
+type spillPolicy struct{}
+
+func (spillPolicy) Overflow(_ context.Context, o *Overflow) error { return o.HandOff() }
+
+// isSpill reports whether pol is Spill.
+func isSpill(pol Policy) bool {
+	_, ok := pol.(spillPolicy)
+	return ok
+}
 
 // blockPolicy is Block's type. A type of its own lets New recognise Block
 // (isBlock) and let Submit wait without going through the Policy interface:
@@ -198,4 +227,19 @@ func (o *Overflow) Run() error {
 	}
 	o.settled = true
 	return o.pool.runHere(item{ctx: o.ctx, task: o.task})
+}
+
+// HandOff passes the task to the pool's Handoff if it is a Job that has not
+// started and the pool has a Handoff (WithHandoff), counting it HandedOff;
+// otherwise, or if the hand-off fails, it drops the task, counting it
+// Dropped, and a hand-off's error goes to the error handler. It returns nil.
+// It blocks for the length of the Handoff call, 5 seconds at most (see
+// Spill).
+func (o *Overflow) HandOff() error {
+	if o.settled {
+		return errSettled
+	}
+	o.settled = true
+	o.pool.spill(o.ctx)
+	return nil
 }

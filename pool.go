@@ -2,6 +2,7 @@ package bgpool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -78,7 +79,8 @@ type Pool struct {
 	parked atomic.Int64 // worker loops parked, waiting for a task
 	_      [56]byte
 
-	reaping atomic.Bool // the reaper is due
+	reaping    atomic.Bool  // the reaper is due
+	handingOff atomic.Int64 // Jobs Shutdown took from the queue to hand off, not yet counted (see handOffQueued)
 
 	stats counters
 
@@ -108,10 +110,12 @@ type poolKey struct{}
 
 // New returns a pool that runs at most size tasks at once. The defaults are
 // a queue of size tasks, the Block policy, no rate limit, no task timeout, no
-// maximum queue wait, and an error handler that logs to slog.Default().
+// maximum queue wait, no Handoff, and an error handler that logs to
+// slog.Default().
 //
 // New returns an error, and no pool, when size is below 1 or above
-// MaxWorkers, or when an option is invalid. It allocates the queue and
+// MaxWorkers, when an option is invalid, or when the policy is Spill and
+// there is no WithHandoff. It allocates the queue and
 // starts no goroutine: the first worker starts with the first task. Call
 // Shutdown when done with the pool.
 func New(size int, opts ...Option) (*Pool, error) {
@@ -131,6 +135,9 @@ func New(size int, opts ...Option) (*Pool, error) {
 		}
 	}
 	o.setDefaults(size)
+	if isSpill(o.policy) && o.handoff == nil {
+		return nil, errors.New("bgpool: New: the Spill policy needs WithHandoff")
+	}
 	if o.queueSize > MaxQueueSize {
 		return nil, fmt.Errorf("bgpool: New: queue size %d is larger than MaxQueueSize (%d)", o.queueSize, MaxQueueSize)
 	}

@@ -88,7 +88,7 @@ func noop(context.Context) error { return nil }
 
 // settled is the sum of the final outcomes in s.
 func settled(s bgpool.Stats) uint64 {
-	return s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned
+	return s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned + s.HandedOff
 }
 
 func TestNewRejectsBadConfiguration(t *testing.T) {
@@ -618,7 +618,7 @@ func TestAccountingInvariantUnderConcurrentLoadWithShutdown(t *testing.T) {
 			}
 			s := p.Stats()
 			assert.Equal(t, submitted.Load(), s.Submitted)
-			assert.Equal(t, s.Submitted, settled(s), "Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned: %+v", s)
+			assert.Equal(t, s.Submitted, settled(s), "Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned+HandedOff: %+v", s)
 			assert.Zero(t, s.Running)
 			assert.Zero(t, s.Queued)
 		})

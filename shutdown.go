@@ -26,6 +26,20 @@ import (
 // 100ms, whatever the tasks and the observer do: the observer hears of
 // abandoned queued tasks from a goroutine of their own.
 //
+// With a Handoff (WithHandoff), Shutdown keeps a reserve of its grace for
+// handing off the Jobs still queued: the reserve is a fifth of the time
+// from the call to ctx's deadline, 5 seconds at most. The drain ends at the
+// deadline less the reserve; then Shutdown abandons running tasks and queued
+// closures as above, takes the queued Jobs out of the queue and hands them
+// off in one Handoff call whose context ends at ctx's deadline (not at its
+// cancellation), and counts them HandedOff, or Abandoned if the call fails.
+// So running tasks get four fifths of the grace, and Shutdown still returns
+// by its deadline (plus the margin below) when the Handoff honours its
+// context. When ctx has no deadline, or it has passed already, the drain
+// ends when ctx does and the hand-off gets 5 seconds of its own. Jobs that
+// had started, or that a worker held while it waited for a rate-limit
+// token, are abandoned like other tasks.
+//
 // Shutdown may be called more than once and concurrently with any other
 // method; every call waits as described, and a call after an abandonment
 // returns an error that repeats the count. Once a Shutdown that drained the
@@ -59,13 +73,15 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 		return nil
 	}
 
+	drain, stop := p.drainContext(ctx)
+	defer stop()
 	select {
 	case <-p.done: // drained, or abandoned by another Shutdown
-	case <-ctx.Done(): // the deadline came first, unless done is also ready
+	case <-drain.Done(): // the deadline (less the hand-off's reserve) came first, unless done is also ready
 		select {
 		case <-p.done:
 		default:
-			return p.abandon(ctx)
+			return p.abandon(ctx, drain)
 		}
 	}
 	if p.abandoned.Load() {
@@ -107,17 +123,53 @@ func (p *Pool) checkDrained() {
 	})
 }
 
-// abandon ends a Shutdown whose ctx ended before the pool drained. It
-// counts what is held, running and queued as Abandoned, then cancels the
-// tasks' context (counting first, so that a task that returns at once on
-// cancellation is still counted Abandoned, once), and releases ants without
-// waiting.
-func (p *Pool) abandon(ctx context.Context) error {
-	cause := fmt.Errorf("bgpool: shutdown deadline passed: %w", context.Cause(ctx))
+// handoffShare and maxHandoffReserve size the part of Shutdown's grace kept
+// for handing off queued Jobs: a fifth, 5 seconds at most. A share rather
+// than a fixed time, so that a short grace in a test and a long one in
+// production both leave most of it to the running tasks; capped, because
+// inserting even thousands of rows in one batch takes well under a second,
+// and running tasks should not lose more than that.
+const (
+	handoffShare      = 5
+	maxHandoffReserve = 5 * time.Second
+)
+
+// drainContext returns the context that ends Shutdown's drain: ctx itself,
+// or, with a Handoff and a deadline, ctx with its deadline moved earlier by
+// the hand-off's reserve.
+func (p *Pool) drainContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	d, ok := ctx.Deadline()
+	if p.opts.handoff == nil || !ok {
+		return ctx, func() {}
+	}
+	reserve := min(time.Until(d)/handoffShare, maxHandoffReserve)
+	if reserve <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithDeadline(ctx, d.Add(-reserve))
+}
+
+// handoffDeadline is when Shutdown's hand-off must end: ctx's deadline, or
+// handoffTimeout from now if ctx has none left.
+func handoffDeadline(ctx context.Context) time.Time {
+	if d, ok := ctx.Deadline(); ok && time.Until(d) > 0 {
+		return d
+	}
+	return time.Now().Add(handoffTimeout)
+}
+
+// abandon ends a Shutdown whose drain ended (drain, which is ctx or ctx less
+// the hand-off's reserve) before the pool drained. It counts what is held,
+// running and queued as Abandoned, setting queued Jobs aside when there is
+// a Handoff, then cancels the tasks' context (counting first, so that a task
+// that returns at once on cancellation is still counted Abandoned, once),
+// hands the Jobs off by ctx's deadline, and releases ants without waiting.
+func (p *Pool) abandon(ctx, drain context.Context) error {
+	cause := fmt.Errorf("bgpool: shutdown deadline passed: %w", context.Cause(drain))
 	p.cause.CompareAndSwap(nil, &cause)
 	if !p.abandoned.CompareAndSwap(false, true) {
 		return fmt.Errorf("bgpool: shutdown: %d tasks abandoned: %w",
-			p.stats.load(OutcomeAbandoned), ctx.Err())
+			p.stats.load(OutcomeAbandoned), drain.Err())
 	}
 	running, held := 0, 0
 	p.mu.Lock()
@@ -136,41 +188,111 @@ func (p *Pool) abandon(ctx context.Context) error {
 	}
 	p.mu.Unlock()
 	p.stats.outcomes[OutcomeAbandoned].Add(uint64(running + held))
-	queued := held + p.abandonQueued()
+	lost, jobs := p.takeQueued()
 	p.cancel(*p.cause.Load())
 	close(p.abandonedCh)
+	handed := p.handOff(jobs, handoffDeadline(ctx))
+	queued := held + lost + len(jobs.args) - handed
 	p.doneOnce.Do(func() { close(p.done) })
 	p.release()
+	if p.opts.handoff != nil {
+		return fmt.Errorf("bgpool: shutdown: abandoned %d tasks (%d queued, %d running), handed off %d queued jobs: %w",
+			queued+running, queued, running, handed, drain.Err())
+	}
 	return fmt.Errorf("bgpool: shutdown: abandoned %d tasks (%d queued, %d running): %w",
-		queued+running, queued, running, ctx.Err())
+		queued+running, queued, running, drain.Err())
 }
 
-// abandonQueued empties the queue after an abandonment, counting each task
-// Abandoned, and returns how many it took. The observer hears of them from
-// a goroutine of its own, so that a slow observer cannot hold up Shutdown.
-func (p *Pool) abandonQueued() int {
+// abandonQueued empties the queue after an abandonment, for a submitter
+// that got a task in after it (see admitted): it abandons plain tasks and
+// hands Jobs off, as abandon does.
+func (p *Pool) abandonQueued() {
+	_, jobs := p.takeQueued()
+	p.handOff(jobs, time.Now().Add(handoffTimeout))
+}
+
+// queuedJobs are Jobs taken from the queue to hand off: their args, and
+// their submitted contexts and admission times for those who are told of
+// their outcome.
+type queuedJobs struct {
+	args []JobArgs
+	ctxs []context.Context
+	ats  []time.Duration
+}
+
+// takeQueued empties the queue after an abandonment. It counts each plain
+// task (and each Job, without a Handoff) Abandoned, and sets Jobs aside to
+// hand off, keeping them Queued in Stats through p.handingOff. The observer
+// hears of the abandoned tasks from a goroutine of its own, so that a slow
+// observer cannot hold up Shutdown.
+func (p *Pool) takeQueued() (abandoned int, jobs queuedJobs) {
 	var lost []time.Duration // admission times, for the observer
-	n := 0
 	for {
+		var it item
 		select {
-		case it := <-p.queue:
-			p.stats.outcomes[OutcomeAbandoned].Add(1)
-			p.notifyUnrun(it.ctx, OutcomeAbandoned)
-			n++
-			if p.opts.observer != nil {
-				lost = append(lost, it.at)
-			}
-			continue
+		case it = <-p.queue:
 		default:
+			if len(lost) > 0 {
+				go func() {
+					for _, at := range lost {
+						p.observe(OutcomeAbandoned, report{queued: true, at: at})
+					}
+				}()
+			}
+			return abandoned, jobs
 		}
-		break
+		if p.opts.handoff != nil {
+			if q, ok := jobOf(it.ctx); ok {
+				p.handingOff.Add(1)
+				jobs.args = append(jobs.args, q.jobArgs())
+				jobs.ctxs = append(jobs.ctxs, it.ctx)
+				jobs.ats = append(jobs.ats, it.at)
+				continue
+			}
+		}
+		p.stats.outcomes[OutcomeAbandoned].Add(1)
+		p.notifyUnrun(it.ctx, OutcomeAbandoned)
+		abandoned++
+		if p.opts.observer != nil {
+			lost = append(lost, it.at)
+		}
 	}
-	if len(lost) > 0 {
+}
+
+// handOff hands off the Jobs that takeQueued set aside, in one call that
+// must end by deadline, counts each HandedOff, or Abandoned if the call
+// failed (its error goes to the error handler), and returns how many were
+// handed off. The observer hears of them from a goroutine of its own.
+func (p *Pool) handOff(jobs queuedJobs, deadline time.Time) int {
+	n := len(jobs.args)
+	if n == 0 {
+		return 0
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	out := OutcomeHandedOff
+	if err := p.callHandoff(ctx, jobs.args); err != nil {
+		out = OutcomeAbandoned
+		p.handleError(ctx, fmt.Errorf("bgpool: shutdown: hand-off of %d queued jobs failed; they are abandoned: %w", n, err))
+	}
+	// Counted before they leave handingOff, so that Stats never misses them.
+	p.stats.outcomes[out].Add(uint64(n))
+	p.handingOff.Add(-int64(n))
+	for _, c := range jobs.ctxs {
+		p.notifyUnrun(c, out)
+	}
+	if p.opts.observer != nil {
 		go func() {
-			for _, at := range lost {
-				p.observe(OutcomeAbandoned, report{queued: true, at: at})
+			for _, at := range jobs.ats {
+				p.observe(out, report{queued: true, at: at})
 			}
 		}()
+	}
+	if p.closed.Load() {
+		p.checkDrained()
+	}
+	if out == OutcomeAbandoned {
+		return 0
 	}
 	return n
 }

@@ -106,7 +106,7 @@ func TestSoak(t *testing.T) {
 
 		s := sp.p.Stats()
 		assert.Equal(t, sp.calls.Load(), s.Submitted, "%s: Submitted: got %d, want the number of calls", sp.name, s.Submitted)
-		assert.Equal(t, s.Submitted, settled(s), "%s: Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned: %+v", sp.name, s)
+		assert.Equal(t, s.Submitted, settled(s), "%s: Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned+HandedOff: %+v", sp.name, s)
 		assert.Zero(t, s.Running, sp.name)
 		assert.Zero(t, s.Queued, sp.name)
 		if sp.capped {
@@ -145,7 +145,7 @@ type soakPool struct {
 	capped   bool // tasks never run on a submitter, so tr sees the size cap
 	tr       tracker
 	observed bool // outcomes counts what the pool's observer saw
-	outcomes [8]atomic.Uint64
+	outcomes [bgpool.OutcomeHandedOff + 1]atomic.Uint64
 
 	calls      atomic.Uint64
 	unexpected atomic.Int64

@@ -8,10 +8,11 @@ import (
 )
 
 // Stats is a snapshot of a pool's state and counters. Every task submitted
-// ends in exactly one of Completed, Failed, Panicked, Dropped, Rejected and
-// Abandoned, or is Queued or Running, and every snapshot satisfies
+// ends in exactly one of Completed, Failed, Panicked, Dropped, Rejected,
+// Abandoned and HandedOff, or is Queued or Running, and every snapshot
+// satisfies
 //
-//	Submitted == Completed + Failed + Panicked + Dropped + Rejected + Abandoned + Queued + Running
+//	Submitted == Completed + Failed + Panicked + Dropped + Rejected + Abandoned + HandedOff + Queued + Running
 //
 // A Submit that waits for room (Block, BlockFor, Overflow.Wait) is counted
 // in Waiting while it waits, and in Submitted once its task is admitted or
@@ -19,7 +20,7 @@ import (
 type Stats struct {
 	Workers   int // the cap on tasks running at once on workers: New's size, or the last Tune
 	Running   int // tasks executing, or handed to a worker and about to: on workers, and on submitters through CallerRuns (Overflow.Run)
-	Queued    int // tasks in the queue, and tasks a worker has taken that wait for a rate-limit token
+	Queued    int // tasks in the queue, tasks a worker has taken that wait for a rate-limit token, and Jobs Shutdown is handing off
 	QueueSize int // the queue's capacity
 	Waiting   int // Submit calls not yet decided: nearly all of them waiting for room; not counted in Submitted until they are
 
@@ -27,9 +28,10 @@ type Stats struct {
 	Completed uint64 // tasks that returned nil
 	Failed    uint64 // tasks that returned an error or called runtime.Goexit
 	Panicked  uint64 // tasks that panicked
-	Dropped   uint64 // tasks discarded by Drop or DropOldest, by WithMaxQueueWait, by a failing Limiter, or kept by a WithAfterResponse handler that panicked
+	Dropped   uint64 // tasks discarded by Drop, DropOldest or Spill (a closure, or a Job whose hand-off failed), by WithMaxQueueWait, by a failing Limiter, or kept by a WithAfterResponse handler that panicked
 	Rejected  uint64 // tasks refused with an error: ErrOverloaded, ErrClosed, or bad input
 	Abandoned uint64 // tasks queued or running when Shutdown's deadline passed
+	HandedOff uint64 // Jobs the pool's Handoff accepted: under Spill, or queued when Shutdown's drain ended (see WithHandoff)
 
 	Shed uint64 // requests answered 503 by Middleware's WithShedding; requests, not tasks, so not part of the sum above
 }
@@ -91,7 +93,7 @@ func sum(s *[shards]padded) uint64 {
 }
 
 // outcomeCount sizes counters.outcomes, indexed by Outcome.
-const outcomeCount = int(OutcomeAbandoned) + 1
+const outcomeCount = int(OutcomeHandedOff) + 1
 
 // report is what the observer is told of a task besides its outcome.
 type report struct {
@@ -188,12 +190,13 @@ func (p *Pool) Stats() Stats {
 			Dropped:   p.stats.load(OutcomeDropped),
 			Rejected:  p.stats.load(OutcomeRejected),
 			Abandoned: p.stats.load(OutcomeAbandoned),
+			HandedOff: p.stats.load(OutcomeHandedOff),
 		}
-		ended = s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned
+		ended = s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned + s.HandedOff
 		// Slots before the queue: a task moves from the queue to a slot,
 		// so read in this order it is seen at most once.
 		held, executing = p.countSlots()
-		inQueue = uint64(held) + uint64(len(p.queue))
+		inQueue = uint64(held) + uint64(len(p.queue)) + uint64(p.handingOff.Load())
 		calls = p.stats.loadSubmitted()
 		if try == 3 || p.endedCount() == ended {
 			break

@@ -60,6 +60,7 @@ var statsOutcomes = [...]bgpool.Outcome{
 	bgpool.OutcomeDropped,
 	bgpool.OutcomeRejected,
 	bgpool.OutcomeAbandoned,
+	bgpool.OutcomeHandedOff,
 }
 
 // ranOutcomes are the outcomes of a task that ran, which label
@@ -138,7 +139,7 @@ func New(pool string, opts ...Option) (*Collector, error) {
 		queued:        gauge("bgpool_queued", "Tasks admitted and waiting for a worker."),
 		queueCapacity: gauge("bgpool_queue_capacity", "How many tasks the queue can hold."),
 		tasks: prometheus.NewDesc("bgpool_tasks_total",
-			"Tasks that reached an outcome: completed, failed, panicked, dropped (expired tasks included), rejected or abandoned.",
+			"Tasks that reached an outcome: completed, failed, panicked, dropped (expired tasks included), rejected, abandoned or handed_off.",
 			[]string{"outcome"}, labels),
 		// Shed requests are not tasks: they get a counter of their own
 		// rather than an outcome of bgpool_tasks_total, whose outcomes add
@@ -181,8 +182,9 @@ func (c *Collector) Watch(p *bgpool.Pool) {
 //
 //   - bgpool_queue_wait_seconds observes every task that was admitted: one
 //     that ran (a task run by CallerRuns counts as waiting 0s), expired,
-//     was discarded by DropOldest, or was abandoned. A rejected task, and one
-//     dropped on arrival, never waited and is not observed.
+//     was discarded by DropOldest, was abandoned, or was handed off from
+//     the queue at Shutdown. A rejected task, and one dropped or handed off
+//     (Spill) on arrival, never waited and is not observed.
 //   - bgpool_task_duration_seconds observes every task that ran, under its
 //     outcome; a task abandoned while it ran is observed when it returns,
 //     under outcome "abandoned".
@@ -198,7 +200,7 @@ func (c *Collector) Observe(ev bgpool.TaskEvent) {
 		}
 	case bgpool.OutcomeExpired:
 		c.queueWait.Observe(ev.QueueWait.Seconds())
-	case bgpool.OutcomeDropped:
+	case bgpool.OutcomeDropped, bgpool.OutcomeHandedOff:
 		if ev.Queued {
 			c.queueWait.Observe(ev.QueueWait.Seconds())
 		}
@@ -229,7 +231,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.running, prometheus.GaugeValue, float64(s.Running))
 		ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(s.Queued))
 		ch <- prometheus.MustNewConstMetric(c.queueCapacity, prometheus.GaugeValue, float64(s.QueueSize))
-		counts := [...]uint64{s.Completed, s.Failed, s.Panicked, s.Dropped, s.Rejected, s.Abandoned}
+		counts := [...]uint64{s.Completed, s.Failed, s.Panicked, s.Dropped, s.Rejected, s.Abandoned, s.HandedOff}
 		for i, out := range statsOutcomes {
 			ch <- prometheus.MustNewConstMetric(c.tasks, prometheus.CounterValue, float64(counts[i]), out.String())
 		}

@@ -110,7 +110,7 @@ const gaugesHelp = `
 `
 
 const tasksHelp = `
-# HELP bgpool_tasks_total Tasks that reached an outcome: completed, failed, panicked, dropped (expired tasks included), rejected or abandoned.
+# HELP bgpool_tasks_total Tasks that reached an outcome: completed, failed, panicked, dropped (expired tasks included), rejected, abandoned or handed_off.
 # TYPE bgpool_tasks_total counter
 `
 
@@ -165,6 +165,7 @@ bgpool_queued{pool="mail"} 0
 bgpool_queue_capacity{pool="mail"} 7
 `+tasksHelp+`
 bgpool_tasks_total{outcome="abandoned",pool="mail"} 0
+bgpool_tasks_total{outcome="handed_off",pool="mail"} 0
 bgpool_tasks_total{outcome="completed",pool="mail"} 5
 bgpool_tasks_total{outcome="dropped",pool="mail"} 0
 bgpool_tasks_total{outcome="failed",pool="mail"} 2
@@ -398,7 +399,7 @@ func TestCollectorOutcomes(t *testing.T) {
 
 				var want strings.Builder
 				want.WriteString(tasksHelp)
-				for _, out := range []string{"abandoned", "completed", "dropped", "failed", "panicked", "rejected"} {
+				for _, out := range []string{"abandoned", "completed", "dropped", "failed", "handed_off", "panicked", "rejected"} {
 					want.WriteString(`bgpool_tasks_total{outcome="` + out + `",pool="mail"} ` +
 						strconv.FormatFloat(tt.tasks[out], 'g', -1, 64) + "\n")
 				}
@@ -425,7 +426,7 @@ func TestUnwatchedCollectorReportsOnlyHistograms(t *testing.T) {
 	assert.Equal(t, 4, testutil.CollectAndCount(c, "bgpool_task_duration_seconds"), "one series per outcome of a task that ran")
 
 	newPool(t, c, 2)
-	assert.Equal(t, 4+6+1, testutil.CollectAndCount(c, statsNames...), "after Watch")
+	assert.Equal(t, 4+7+1, testutil.CollectAndCount(c, statsNames...), "after Watch")
 
 	c.Watch(nil)
 	assert.Equal(t, 0, testutil.CollectAndCount(c, statsNames...), "after Watch(nil)")
@@ -510,7 +511,7 @@ func TestScrapeOverHTTP(t *testing.T) {
 		assert.Contains(t, lines, want)
 	}
 	assert.Contains(t, lines, `bgpool_requests_shed_total{pool="mail"} 0`)
-	assert.Len(t, lines, 4+6+1+(14+3)+4*(14+3), "every series: gauges, counters, histograms")
+	assert.Len(t, lines, 4+7+1+(14+3)+4*(14+3), "every series: gauges, counters, histograms")
 }
 
 func TestTwoPoolsShareARegistry(t *testing.T) {
@@ -535,7 +536,7 @@ bgpool_queue_capacity{pool="sms"} 2
 	assert.NoError(t, err)
 	n, err := testutil.GatherAndCount(reg, "bgpool_tasks_total")
 	require.NoError(t, err)
-	assert.Equal(t, 2*6, n)
+	assert.Equal(t, 2*7, n)
 
 	var already prometheus.AlreadyRegisteredError
 	err = reg.Register(newCollector(t, "mail"))

@@ -68,6 +68,7 @@ func Example() {
 	// bgpool_tasks_total{outcome="completed",pool="mail"} 2
 	// bgpool_tasks_total{outcome="dropped",pool="mail"} 0
 	// bgpool_tasks_total{outcome="failed",pool="mail"} 1
+	// bgpool_tasks_total{outcome="handed_off",pool="mail"} 0
 	// bgpool_tasks_total{outcome="panicked",pool="mail"} 0
 	// bgpool_tasks_total{outcome="rejected",pool="mail"} 0
 	// bgpool_workers{pool="mail"} 4

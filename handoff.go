@@ -1,0 +1,79 @@
+package bgpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// A Handoff takes Jobs that the pool will not run and stores them where
+// another process, or this one after a restart, runs them: a durable queue
+// such as River on PostgreSQL (see the contrib/river module). Handoff must
+// store all of jobs or none, and return an error if it stored none; it must
+// return by the time ctx ends. It is called from several goroutines at
+// once, so it must be safe for concurrent use.
+type Handoff interface {
+	Handoff(ctx context.Context, jobs []JobArgs) error
+}
+
+// WithHandoff sets where the pool sends Jobs it will not run, so that they
+// are not lost:
+//
+//   - Under the Spill policy, a Job that finds no room is handed off, alone,
+//     on the submitting goroutine, instead of being dropped.
+//   - When Shutdown's drain ends with Jobs still queued, they are handed off
+//     in one batch instead of being abandoned. Shutdown keeps a share of its
+//     grace for that; see Shutdown.
+//
+// A Job handed off is counted HandedOff. If the Handoff returns an error (or
+// panics), the Job falls back to what would have happened without it,
+// Dropped under Spill and Abandoned at Shutdown, and the error goes to the
+// error handler. Plain tasks (closures) have nothing to hand off and are
+// never passed: they are dropped or abandoned as before. Jobs started, and
+// Jobs a worker holds while it waits for a rate-limit token, are not handed
+// off: they are abandoned at Shutdown's deadline like other tasks.
+//
+// The default is no Handoff. A nil h, also a typed nil, is an error.
+func WithHandoff(h Handoff) Option {
+	return optionFunc(func(o *options) error {
+		if isNil(h) {
+			return errors.New("bgpool: WithHandoff(nil): handoff must not be nil")
+		}
+		o.handoff = h
+		return nil
+	})
+}
+
+// handoffTimeout bounds a hand-off that has no deadline of its own to keep:
+// Spill's, which runs on a submitter whose context may already be done
+// (WithAfterResponse), and Shutdown's when its ctx has no deadline left.
+const handoffTimeout = 5 * time.Second
+
+// spill is Overflow.HandOff for the task submitted with ctx.
+func (p *Pool) spill(ctx context.Context) {
+	q, ok := jobOf(ctx)
+	if !ok || p.opts.handoff == nil {
+		p.settle(OutcomeDropped, report{ctx: ctx})
+		return
+	}
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), handoffTimeout)
+	defer cancel()
+	if err := p.callHandoff(hctx, []JobArgs{q.jobArgs()}); err != nil {
+		err = fmt.Errorf("bgpool: hand-off failed; job dropped: %w", err)
+		p.handleError(ctx, err)
+		p.settle(OutcomeDropped, report{ctx: ctx, err: err})
+		return
+	}
+	p.settle(OutcomeHandedOff, report{ctx: ctx})
+}
+
+// callHandoff calls the Handoff, turning a panic into an error.
+func (p *Pool) callHandoff(ctx context.Context, jobs []JobArgs) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("bgpool: handoff panicked: %v", v)
+		}
+	}()
+	return p.opts.handoff.Handoff(ctx, jobs)
+}

@@ -1,0 +1,165 @@
+package bgpool
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync/atomic"
+)
+
+// JobArgs are the arguments of a Job: plain data that names its kind. It has
+// the shape of River's river.JobArgs, so that one args type serves a Job run
+// in the process and the same job run by River, and a Handoff can store it
+// (typically as JSON) for another process to run.
+type JobArgs interface {
+	// Kind names the work, for example "welcome_mail". It must not change
+	// between releases while stored jobs of that kind may exist.
+	Kind() string
+}
+
+// A Job is a typed task: work that takes args of type T. Submitted to a pool
+// it runs like any task, on a worker, under the pool's cap, policy, rate
+// limit, task timeout, observer and shutdown. Unlike a closure, a Job that
+// has not started can leave the process: with WithHandoff, the pool hands
+// its args off (to a durable queue, see the contrib/river module) when the
+// Spill policy cannot admit it, and when Shutdown's drain ends with it still
+// queued.
+//
+// Make one Job per kind with NewJob, once, and submit it with many args. A
+// Job is safe for concurrent use; its zero value is not usable.
+type Job[T JobArgs] struct {
+	work func(ctx context.Context, args T) error
+}
+
+// NewJob returns a Job that runs work. It panics if work is nil: that is a
+// programming error that must not wait for the first submission to show.
+func NewJob[T JobArgs](work func(ctx context.Context, args T) error) *Job[T] {
+	if work == nil {
+		panic("bgpool: NewJob: nil work")
+	}
+	return &Job[T]{work: work}
+}
+
+// Submit submits the job with args to p, as p.Submit would a task: it
+// returns at once when a worker is free or the queue has room, and
+// otherwise the pool's Policy decides (under Spill the job is handed off,
+// see WithHandoff). The work runs with a context that carries ctx's values
+// but not its cancellation. Submit returns Submit's errors, and an error for
+// a nil p (nothing is counted) or nil args (counted Rejected).
+//
+// Submit allocates one record, which carries args and serves as the task's
+// submitted context, so that the pool can find the args again if the job
+// has to leave the process; a plain Pool.Submit allocates nothing. It is
+// safe for concurrent use.
+func (j *Job[T]) Submit(ctx context.Context, p *Pool, args T) error {
+	if p == nil {
+		return errors.New("bgpool: Job.Submit: nil pool")
+	}
+	if ctx == nil {
+		return p.Submit(ctx, runJob[T]) // counted, and refused with Submit's error
+	}
+	if any(args) == nil {
+		p.stats.addSubmitted()
+		return p.reject(errors.New("bgpool: Job.Submit: nil args"))
+	}
+	return p.Submit(&jobRecord[T]{Context: ctx, job: j, args: args}, runJob[T])
+}
+
+// Go submits the job with args to the pool that Middleware attached to r's
+// context, as Go does a task (WithAfterResponse included): its work sees r's
+// context values, not its cancellation. It returns Go's errors.
+func (j *Job[T]) Go(r *http.Request, args T) error {
+	if r == nil {
+		return errors.New("bgpool: Job.Go: nil request")
+	}
+	if any(args) == nil {
+		if p, ok := FromContext(r.Context()); ok {
+			p.stats.addSubmitted()
+			return p.reject(errors.New("bgpool: Job.Go: nil args"))
+		}
+		return ErrNoPool
+	}
+	rec := &jobRecord[T]{Context: r.Context(), job: j, args: args}
+	return Go(r.WithContext(rec), runJob[T])
+}
+
+// Do runs the job with args inside p and waits for it, as p.Do does a task,
+// and returns what p.Do returns: the work's error, ErrDropped,
+// ErrOverloaded, ErrClosed, or the error of Shutdown's deadline.
+//
+// The task Do submits is a plain task, not a Job: the pool never hands it
+// off (under Spill it is dropped, and Do returns ErrDropped), since the
+// caller is waiting for it and decides what to do when the pool cannot run
+// it. This is how the contrib/river module runs River's jobs inside a pool,
+// snoozing them when the pool refuses. Do allocates Pool.Do's two records
+// and a closure. It is safe for concurrent use.
+func (j *Job[T]) Do(ctx context.Context, p *Pool, args T) error {
+	if p == nil {
+		return errors.New("bgpool: Job.Do: nil pool")
+	}
+	return p.Do(ctx, func(ctx context.Context) error { return j.work(ctx, args) })
+}
+
+// jobRecord is a submitted Job: as the task's submitted context it carries
+// the submitter's context, the job and its args, and answers jobKey with
+// itself (for runJob) and, until the job starts, queuedJobKey (for a
+// hand-off). Being the context, it needs no field in the pool's queue item,
+// and a plain Submit pays nothing for Jobs.
+type jobRecord[T JobArgs] struct {
+	context.Context // the submitter's, for values and for a blocking admission
+	job             *Job[T]
+	args            T
+	started         atomic.Bool
+}
+
+// jobKey is the context key under which a jobRecord answers with itself.
+type jobKey struct{}
+
+// queuedJobKey is the context key under which a jobRecord whose job has not
+// started answers with itself, as a queuedJob. Once the job runs it no
+// longer answers, so that tasks its work submits with its context are not
+// taken for the job.
+type queuedJobKey struct{}
+
+// A queuedJob is a Job that has not started: its args can be handed off.
+type queuedJob interface {
+	jobArgs() JobArgs
+}
+
+func (r *jobRecord[T]) jobArgs() JobArgs { return r.args }
+
+func (r *jobRecord[T]) Value(key any) any {
+	switch key.(type) {
+	case jobKey:
+		return r
+	case queuedJobKey:
+		if r.started.Load() {
+			return nil
+		}
+		return queuedJob(r)
+	}
+	return r.Context.Value(key)
+}
+
+func (r *jobRecord[T]) String() string { return "bgpool.jobRecord" }
+
+// jobOf returns the Job that ctx, a queued item's submitted context, belongs
+// to, if it is one that has not started. It looks up a context value, so it
+// is for the rare paths only: Spill and Shutdown's hand-off.
+func jobOf(ctx context.Context) (queuedJob, bool) {
+	if ctx == nil {
+		return nil, false
+	}
+	q, ok := ctx.Value(queuedJobKey{}).(queuedJob)
+	return q, ok
+}
+
+// runJob is the Task that Job.Submit and Job.Go submit. It is a function,
+// not a closure, so that submitting it allocates nothing: it finds its
+// record in ctx, where the pool's task context has it as the submitter's
+// context.
+func runJob[T JobArgs](ctx context.Context) error {
+	r := ctx.Value(jobKey{}).(*jobRecord[T])
+	r.started.Store(true)
+	return r.job.work(ctx, r.args)
+}
