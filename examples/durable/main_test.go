@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 )
 
 const testDB = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
@@ -26,6 +27,10 @@ const testDB = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 // TestSignupMailIsWorkedByTheWorkerProcess builds the binary, runs a worker
 // and a web process against the local PostgreSQL, signs up, waits for the
 // welcome mail to be completed by River, and stops both with SIGTERM.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreCurrent())
+}
+
 func TestSignupMailIsWorkedByTheWorkerProcess(t *testing.T) {
 	ctx := context.Background()
 	db, err := pgxpool.New(ctx, testDB)
