@@ -49,7 +49,9 @@ func TestFutureOfADroppedTaskReportsErrDropped(t *testing.T) {
 	}{
 		{"Drop", []bgpool.Option{bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Drop)}},
 		{"DropOldest", []bgpool.Option{bgpool.WithQueueSize(1), bgpool.WithPolicy(bgpool.DropOldest)}},
-		{"expired in the queue", []bgpool.Option{bgpool.WithQueueSize(1), bgpool.WithMaxQueueWait(time.Millisecond)}},
+		// Long enough that the task occupying the worker never expires,
+		// however slowly its worker starts on a loaded machine.
+		{"expired in the queue", []bgpool.Option{bgpool.WithQueueSize(1), bgpool.WithMaxQueueWait(500 * time.Millisecond)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -63,7 +65,7 @@ func TestFutureOfADroppedTaskReportsErrDropped(t *testing.T) {
 				require.NoError(t, err)
 			}
 			if tt.name == "expired in the queue" {
-				time.Sleep(5 * time.Millisecond)
+				time.Sleep(600 * time.Millisecond)
 				release()
 			}
 			receive(t, done, 2*time.Second, "Done was not closed")

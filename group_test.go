@@ -303,7 +303,9 @@ func TestGroupShutdownDrainsGroupTasks(t *testing.T) {
 }
 
 func TestGroupExpiredTaskReportsErrDropped(t *testing.T) {
-	p := defectPool(t, 1, bgpool.WithQueueSize(1), bgpool.WithMaxQueueWait(time.Millisecond), quietLogger())
+	// Long enough that the task occupying the worker never expires, however
+	// slowly its worker starts on a loaded machine.
+	p := defectPool(t, 1, bgpool.WithQueueSize(1), bgpool.WithMaxQueueWait(500*time.Millisecond), quietLogger())
 	release := occupy(t, p, 1)
 	g, _ := p.NewGroup(context.Background())
 	var ran atomic.Bool
@@ -311,7 +313,7 @@ func TestGroupExpiredTaskReportsErrDropped(t *testing.T) {
 		ran.Store(true)
 		return nil
 	}))
-	time.Sleep(5 * time.Millisecond) // longer than the maximum queue wait
+	time.Sleep(600 * time.Millisecond) // longer than the maximum queue wait
 	release()
 	assert.ErrorIs(t, g.Wait(), bgpool.ErrDropped)
 	assert.False(t, ran.Load(), "an expired task does not run")
