@@ -1,0 +1,87 @@
+package bgredis_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/bgpool/bgpool"
+	bgredis "github.com/bgpool/bgpool/contrib/redis"
+)
+
+// A pool whose tasks start at no more than 100/s across every process that
+// uses the key "mail" (here with a suffix, so that each run of the example
+// starts afresh). It needs Redis at 127.0.0.1:6379.
+func Example() {
+	rdb := redis.NewClient(&redis.Options{
+		Addr:                  "127.0.0.1:6379",
+		ContextTimeoutEnabled: true, // calls end at their deadline: no goroutine per decision
+	})
+	defer rdb.Close()
+
+	key := "mail:" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	lim := bgredis.NewLimiter(rdb, key, redis_rate.PerSecond(100)) // while Redis is down: 100/s in this process
+	p, err := bgpool.New(4, bgpool.WithLimiter(lim))
+	if err != nil {
+		log.Fatal(err)
+	}
+	for range 10 {
+		_ = p.Submit(context.Background(), func(context.Context) error {
+			return nil // send a mail
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		log.Fatal(err)
+	}
+
+	st := lim.(*bgredis.Limiter).Stats()
+	fmt.Println("completed:", p.Stats().Completed)
+	fmt.Println("Redis down:", st.Down, "errors:", st.RedisErrors)
+	// Output:
+	// completed: 10
+	// Redis down: false errors: 0
+}
+
+// A limiter that must never be exceeded refuses tasks while Redis is
+// unreachable (here nothing listens on port 1): the pool drops them, counts
+// them, and reports ErrUnavailable to its error handler.
+func ExampleWithFailClosed() {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
+	defer rdb.Close()
+
+	lim := bgredis.NewLimiter(rdb, "paid-api", redis_rate.PerMinute(600),
+		bgredis.WithFailClosed(),
+		bgredis.WithLogger(slog.New(slog.DiscardHandler)), // by default: one warning on slog.Default
+	)
+	p, err := bgpool.New(1, bgpool.WithLimiter(lim), bgpool.WithErrorHandler(func(_ context.Context, err error) {
+		fmt.Println("unavailable:", errors.Is(err, bgredis.ErrUnavailable))
+	}))
+	if err != nil {
+		log.Fatal(err)
+	}
+	_ = p.Submit(context.Background(), func(context.Context) error {
+		return nil // call the paid API
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		log.Fatal(err)
+	}
+
+	st := lim.(*bgredis.Limiter).Stats()
+	fmt.Println("dropped:", p.Stats().Dropped)
+	fmt.Println("Redis down:", st.Down, "refused:", st.FallbackRefused)
+	// Output:
+	// unavailable: true
+	// dropped: 1
+	// Redis down: true refused: 1
+}

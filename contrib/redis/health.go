@@ -1,0 +1,132 @@
+package bgredis
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"time"
+)
+
+// health is what a Limiter knows of Redis, and its counters. Every field is
+// an atomic: decisions run on every worker at once, and none takes a lock.
+// Times are monotonic nanoseconds from now().
+type health struct {
+	down       atomic.Bool
+	since      atomic.Int64 // when the outage began; set before down
+	nextProbe  atomic.Int64 // from when one decision may ask Redis again while down
+	lastAnswer atomic.Int64 // when Redis last answered a call
+	lastErr    atomic.Pointer[error]
+
+	outages         atomic.Uint64
+	redisErrors     atomic.Uint64
+	fallbackAllowed atomic.Uint64
+	fallbackRefused atomic.Uint64
+}
+
+// Stats is a snapshot of a Limiter's view of Redis and of its counters. The
+// counters only grow.
+type Stats struct {
+	// Down reports whether Redis is taken as unreachable now: decisions use
+	// the fallback, and one per probe interval asks Redis again.
+	Down bool
+	// Outages counts the times Redis went from answering to not.
+	Outages uint64
+	// RedisErrors counts Redis calls that failed or did not answer within the
+	// timeout; a call that the caller's context ended is not one.
+	RedisErrors uint64
+	// FallbackAllowed counts tokens given without Redis, by WithFailOpen or
+	// by the fallback rate.
+	FallbackAllowed uint64
+	// FallbackRefused counts refusals without Redis, by WithFailClosed: each
+	// is a Wait that returned ErrUnavailable (a task the pool dropped) or an
+	// Allow that reported false.
+	FallbackRefused uint64
+	// LastError is the last Redis error, or nil if there has been none.
+	LastError error
+}
+
+// Stats returns a snapshot of the Limiter's view of Redis and its counters.
+// It is safe for concurrent use and does not block. The fields are read one
+// by one, so a snapshot taken while decisions run may be a decision apart.
+func (l *Limiter) Stats() Stats {
+	return Stats{
+		Down:            l.down.Load(),
+		Outages:         l.outages.Load(),
+		RedisErrors:     l.redisErrors.Load(),
+		FallbackAllowed: l.fallbackAllowed.Load(),
+		FallbackRefused: l.fallbackRefused.Load(),
+		LastError:       l.lastError(),
+	}
+}
+
+// epoch is the origin of now(): health's times are monotonic, so that a
+// change of the wall clock moves no probe.
+var epoch = time.Now()
+
+// now returns the monotonic nanoseconds since epoch.
+func now() int64 { return int64(time.Since(epoch)) }
+
+// claimProbe reports whether the caller, while Redis is down, is the one
+// decision of this probe interval that asks Redis; it starts the next
+// interval if so.
+func (l *Limiter) claimProbe() bool {
+	t := now()
+	next := l.nextProbe.Load()
+	return t >= next && l.nextProbe.CompareAndSwap(next, t+int64(l.opts.probeInterval))
+}
+
+// failed counts the error of a Redis call that began at began and, if Redis
+// was up, takes it as down and logs that once. A call that began before
+// Redis last answered changes nothing but the counters: the answer is the
+// fresher news. (Without that rule a probe left waiting through a restart
+// would report Redis down again just after another had found it back.)
+func (l *Limiter) failed(err error, began int64) {
+	l.redisErrors.Add(1)
+	l.lastErr.Store(&err)
+	if l.down.Load() || began < l.lastAnswer.Load() {
+		return
+	}
+	t := now()
+	l.nextProbe.Store(t + int64(l.opts.probeInterval))
+	l.since.Store(t)
+	if !l.down.CompareAndSwap(false, true) { // another decision got there first
+		return
+	}
+	l.outages.Add(1)
+	l.opts.logger.LogAttrs(context.Background(), slog.LevelWarn, "bgredis: Redis unreachable; deciding without it until it answers",
+		slog.String("key", l.key),
+		slog.String("mode", l.opts.mode.String()),
+		slog.Duration("probe_every", l.opts.probeInterval),
+		slog.Any("error", err),
+	)
+}
+
+// answered takes Redis as up after an answer and, if it was down, logs that
+// once.
+func (l *Limiter) answered() {
+	t := now()
+	l.lastAnswer.Store(t)
+	if !l.down.Load() || !l.down.CompareAndSwap(true, false) {
+		return
+	}
+	l.opts.logger.LogAttrs(context.Background(), slog.LevelInfo, "bgredis: Redis answers again; limiting with it",
+		slog.String("key", l.key),
+		slog.Duration("down_for", time.Duration(t-l.since.Load())),
+		slog.Uint64("redis_errors", l.redisErrors.Load()),
+		slog.Uint64("fallback_allowed", l.fallbackAllowed.Load()),
+		slog.Uint64("fallback_refused", l.fallbackRefused.Load()),
+	)
+}
+
+// untilProbe is how long until Redis is asked again, at least minRetry.
+func (l *Limiter) untilProbe() time.Duration {
+	return max(time.Duration(l.nextProbe.Load()-now()), minRetry)
+}
+
+// lastError returns the last Redis error, or nil.
+func (l *Limiter) lastError() error {
+	if p := l.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
