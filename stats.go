@@ -36,14 +36,15 @@ type Stats struct {
 	Shed uint64 // requests answered 503 by Middleware's WithShedding; requests, not tasks, so not part of the sum above
 }
 
-// counters are a pool's outcome counters. Each lives on its own cache line,
-// and the two that change with every task, submitted on the submitters'
-// side and completed on the workers', are split in shards picked at
-// random: with hundreds of submitters on two cores, one counter would move
-// between the cores on nearly every task.
+// counters are a pool's outcome counters, each on its own cache line. The
+// one that changes with nearly every task on the workers' side, Completed,
+// is counted by each worker in a counter of its own (worker.done), which
+// Stats sums: one shared counter moved between the cores on nearly every
+// task. Tasks completed on submitters (CallerRuns) use shards picked at
+// random.
 type counters struct {
-	submitted [shards]padded // Submit calls, counted as they begin; see Stats
-	completed [shards]padded // OutcomeCompleted
+	submitted padded         // Submit calls, counted as they begin; see Stats
+	completed [shards]padded // OutcomeCompleted on submitters (CallerRuns); workers count their own
 	outcomes  [outcomeCount]padded
 	shed      atomic.Uint64
 }
@@ -68,7 +69,11 @@ func (c *counters) add(out Outcome) {
 }
 
 // addSubmitted counts one Submit call.
-func (c *counters) addSubmitted() { c.submitted[rand.Uint32()%shards].Add(1) }
+//
+// One counter, not shards: a submitter that submits often keeps its line in
+// its core's cache, and picking a shard at random cost more (a random
+// number and a cache miss a call) than the sharing it saved.
+func (c *counters) addSubmitted() { c.submitted.Add(1) }
 
 // load reads the Stats counter of out (OutcomeExpired counts as Dropped).
 func (c *counters) load(out Outcome) uint64 {
@@ -82,7 +87,7 @@ func (c *counters) load(out Outcome) uint64 {
 }
 
 // loadSubmitted reads the number of Submit calls.
-func (c *counters) loadSubmitted() uint64 { return sum(&c.submitted) }
+func (c *counters) loadSubmitted() uint64 { return c.submitted.Load() }
 
 func sum(s *[shards]padded) uint64 {
 	var n uint64
@@ -110,6 +115,11 @@ type report struct {
 // know when nothing is left. Every task passes here exactly once.
 func (p *Pool) settle(out Outcome, r report) {
 	p.stats.add(out)
+	p.settleCounted(out, r)
+}
+
+// settleCounted is settle for a task its caller has counted already.
+func (p *Pool) settleCounted(out Outcome, r report) {
 	if p.closed.Load() {
 		defer p.checkDrained() // deferred: the observer may call runtime.Goexit
 	}
@@ -184,7 +194,7 @@ func (p *Pool) Stats() Stats {
 		s = Stats{
 			Workers:   int(p.workers.Load()),
 			QueueSize: cap(p.queue),
-			Completed: p.stats.load(OutcomeCompleted),
+			Completed: p.completed(),
 			Failed:    p.stats.load(OutcomeFailed),
 			Panicked:  p.stats.load(OutcomePanicked),
 			Dropped:   p.stats.load(OutcomeDropped),
@@ -217,10 +227,24 @@ func (p *Pool) Stats() Stats {
 
 // endedCount sums the outcome counters.
 func (p *Pool) endedCount() uint64 {
-	n := sum(&p.stats.completed)
+	n := p.completed()
 	for i := range p.stats.outcomes {
-		n += p.stats.outcomes[i].Load()
+		if Outcome(i) != OutcomeCompleted {
+			n += p.stats.outcomes[i].Load()
+		}
 	}
+	return n
+}
+
+// completed sums the completed tasks: the workers' own counters and the
+// pool's, for tasks completed on submitters. It takes p.mu briefly.
+func (p *Pool) completed() uint64 {
+	n := sum(&p.stats.completed)
+	p.mu.Lock()
+	for _, w := range p.all {
+		n += w.done.Load()
+	}
+	p.mu.Unlock()
 	return n
 }
 

@@ -19,6 +19,10 @@ import (
 // holding or running counts it, so every task is counted once.
 type slot struct {
 	state atomic.Uint32
+	// completed counts the tasks completed in this slot when it is a
+	// worker's (see counters): a counter of the worker's own, which its
+	// goroutine alone writes. Slots of CallerRuns tasks use the pool's.
+	completed *atomic.Uint64
 }
 
 const (
@@ -32,6 +36,7 @@ const (
 // Stats and Shutdown, and reused by later loops.
 type worker struct {
 	slot
+	done     padded        // the target of slot.completed
 	wake     chan struct{} // unbuffered: notices while parked (see notify); closed when Shutdown begins
 	pool     *Pool
 	loopFn   func() // w.loop, bound once so that starting a loop does not allocate
@@ -82,6 +87,7 @@ func (p *Pool) startWorker(first *item) {
 		w, p.free = p.free[n-1], p.free[:n-1]
 	} else {
 		w = &worker{pool: p, wake: make(chan struct{})}
+		w.completed = &w.done.Uint64
 		w.loopFn = w.loop
 		p.all = append(p.all, w)
 	}
@@ -378,6 +384,11 @@ func (p *Pool) finish(s *slot, it item, out Outcome, r report) {
 		if s.state.CompareAndSwap(st, slotIdle) {
 			break
 		}
+	}
+	if out == OutcomeCompleted && s.completed != nil {
+		s.completed.Add(1) // the worker's own counter: no cache line shared with other workers
+		p.settleCounted(out, r)
+		return
 	}
 	p.settle(out, r)
 }
