@@ -76,11 +76,9 @@ func (c *counters) add(out Outcome) {
 func (c *counters) addSubmitted() { c.submitted.Add(1) }
 
 // load reads the Stats counter of out (OutcomeExpired counts as Dropped).
+// Completed is summed by Pool.completed, over the workers' counters too.
 func (c *counters) load(out Outcome) uint64 {
-	switch out {
-	case OutcomeCompleted:
-		return sum(&c.completed)
-	case OutcomeExpired:
+	if out == OutcomeExpired {
 		out = OutcomeDropped
 	}
 	return c.outcomes[out].Load()
