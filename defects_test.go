@@ -7,7 +7,6 @@ package bgpool_test
 // nothing running.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -238,27 +237,8 @@ func TestDefect03QueueSizeTooLarge(t *testing.T) {
 	})
 }
 
-// logBuffer is a bytes.Buffer that a pool's logger may write to while the
-// test reads it.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestDefect04PanickingObserverKeepsThePoolWorking(t *testing.T) {
-	var logs logBuffer
+	var logs syncBuffer
 	var armed atomic.Bool // the cleanup disarms the observer: an unfixed Shutdown would panic on the test's goroutine
 	armed.Store(true)
 	p := defectPool(t, 1,

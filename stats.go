@@ -2,7 +2,6 @@ package bgpool
 
 import (
 	"context"
-	"math/rand/v2"
 	"sync/atomic"
 	"time"
 )
@@ -40,11 +39,10 @@ type Stats struct {
 // one that changes with nearly every task on the workers' side, Completed,
 // is counted by each worker in a counter of its own (worker.done), which
 // Stats sums: one shared counter moved between the cores on nearly every
-// task. Tasks completed on submitters (CallerRuns) use shards picked at
-// random.
+// task. Only tasks completed on submitters (CallerRuns) use completed.
 type counters struct {
-	submitted padded         // Submit calls, counted as they begin; see Stats
-	completed [shards]padded // OutcomeCompleted on submitters (CallerRuns); workers count their own
+	submitted padded // Submit calls, counted as they begin; see Stats
+	completed padded // OutcomeCompleted on submitters (CallerRuns); workers count their own
 	outcomes  [outcomeCount]padded
 	shed      atomic.Uint64
 }
@@ -54,13 +52,11 @@ type padded struct {
 	_ [56]byte
 }
 
-const shards = 8
-
 // add counts one task in out.
 func (c *counters) add(out Outcome) {
 	switch out {
 	case OutcomeCompleted:
-		c.completed[rand.Uint32()%shards].Add(1)
+		c.completed.Add(1)
 	case OutcomeExpired:
 		c.outcomes[OutcomeDropped].Add(1)
 	default:
@@ -87,14 +83,6 @@ func (c *counters) load(out Outcome) uint64 {
 // loadSubmitted reads the number of Submit calls.
 func (c *counters) loadSubmitted() uint64 { return c.submitted.Load() }
 
-func sum(s *[shards]padded) uint64 {
-	var n uint64
-	for i := range s {
-		n += s[i].Load()
-	}
-	return n
-}
-
 // outcomeCount sizes counters.outcomes, indexed by Outcome.
 const outcomeCount = int(OutcomeHandedOff) + 1
 
@@ -118,7 +106,9 @@ func (p *Pool) settle(out Outcome, r report) {
 
 // settleCounted is settle for a task its caller has counted already.
 func (p *Pool) settleCounted(out Outcome, r report) {
-	if p.closed.Load() {
+	// While the queue holds tasks the pool cannot have drained: look only
+	// once it is empty, since checkDrained sums every worker's counter.
+	if p.closed.Load() && len(p.queue) == 0 {
 		defer p.checkDrained() // deferred: the observer may call runtime.Goexit
 	}
 	if r.ctx != nil {
@@ -237,7 +227,7 @@ func (p *Pool) endedCount() uint64 {
 // completed sums the completed tasks: the workers' own counters and the
 // pool's, for tasks completed on submitters. It takes p.mu briefly.
 func (p *Pool) completed() uint64 {
-	n := sum(&p.stats.completed)
+	n := p.stats.completed.Load()
 	p.mu.Lock()
 	for _, w := range p.all {
 		n += w.done.Load()
