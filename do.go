@@ -26,11 +26,14 @@ import (
 // pool waits for a worker that may never come if every worker does the
 // same: give such calls a ctx with a deadline. Do is safe for concurrent
 // use.
-func (p *Pool) Do(ctx context.Context, task Task) error {
+func (p *Pool) Do(ctx context.Context, task Task) error { return p.do(ctx, task, "") }
+
+// do is Do for a task of kind (see TaskInfo), empty for a plain task.
+func (p *Pool) do(ctx context.Context, task Task, kind string) error {
 	if ctx == nil || task == nil {
 		return p.Submit(ctx, task) // counted, and refused with Submit's error
 	}
-	c := &awaited{Context: ctx, pool: p, task: task, done: make(chan struct{})}
+	c := &awaited{Context: ctx, pool: p, task: task, kind: kind, done: make(chan struct{})}
 	if err := p.Submit(c, runAwaited); err != nil {
 		return err
 	}
@@ -56,6 +59,7 @@ type awaited struct {
 	group  *Group     // the Group it reports to; nil for Do and Future
 	state  atomic.Uint32
 	tc     taskContext // the task's context, made in place (see taskContext)
+	kind   string      // the Job's kind, for Job.Do (see TaskInfo)
 
 	// Do's and a Future's. The ending writes err and returned, then closes
 	// done; waiters read them after done.

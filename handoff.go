@@ -9,13 +9,38 @@ import (
 
 // A Handoff takes Jobs that the pool will not run and stores them where
 // another process, or this one after a restart, runs them: a durable queue
-// such as River on PostgreSQL (see the contrib/river module). Handoff must
-// store all of jobs or none, and return an error if it stored none; it must
-// return by the time ctx ends. It is called from several goroutines at
-// once, so it must be safe for concurrent use.
+// such as River on PostgreSQL (see the contrib/river module).
+//
+// Handoff stores every job and returns nil, or stores none and returns an
+// error. A Handoff that can tell that some jobs can never be stored, because
+// of the jobs themselves (args that do not marshal, say), may instead store
+// all the others and return one *JobError for each job it refused, joined
+// with errors.Join: the pool then counts the others HandedOff, and only the
+// refused ones fall back. Handoff must return by the time ctx ends. The pool
+// passes at most a few thousand jobs a call, and calls it from several
+// goroutines at once, so it must be safe for concurrent use.
 type Handoff interface {
 	Handoff(ctx context.Context, jobs []JobArgs) error
 }
+
+// A JobError is a Handoff's refusal of one job, for a reason of the job's
+// own: Index is its place in the slice that Handoff was given. A Handoff
+// that returns only JobErrors (joined with errors.Join) has stored every
+// other job; see Handoff.
+type JobError struct {
+	Index int
+	Err   error
+}
+
+var _ error = (*JobError)(nil)
+
+// Error names the job's index and the reason.
+func (e *JobError) Error() string {
+	return fmt.Sprintf("bgpool: hand-off refused job %d: %v", e.Index, e.Err)
+}
+
+// Unwrap returns the reason.
+func (e *JobError) Unwrap() error { return e.Err }
 
 // WithHandoff sets where the pool sends Jobs it will not run, so that they
 // are not lost:

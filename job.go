@@ -97,7 +97,7 @@ func (j *Job[T]) Do(ctx context.Context, p *Pool, args T) error {
 	if p == nil {
 		return errors.New("bgpool: Job.Do: nil pool")
 	}
-	return p.Do(ctx, func(ctx context.Context) error { return j.work(ctx, args) })
+	return p.do(ctx, func(ctx context.Context) error { return j.work(ctx, args) }, args.Kind())
 }
 
 // jobRecord is a submitted Job: as the task's submitted context it carries

@@ -34,6 +34,7 @@ type options struct {
 	logger       *slog.Logger
 	observer     func(TaskEvent)
 	handoff      Handoff // nil for none
+	wrap         func(context.Context, TaskInfo, Task) error
 }
 
 // setDefaults fills in every default in one place.

@@ -354,7 +354,7 @@ func (p *Pool) run(s *slot, it item) {
 			return
 		}
 	}
-	out, ran, err := p.execute(it)
+	out, ran, err := p.execute(it, true)
 	p.finish(s, it, out, report{queued: true, started: true, at: it.at, ran: ran, err: err})
 }
 
@@ -467,7 +467,7 @@ func (p *Pool) runHere(it item) error {
 		}
 		callerSlots.Put(s)
 	}()
-	out, ran, err := p.execute(it)
+	out, ran, err := p.execute(it, false)
 	p.finish(s, it, out, report{started: true, ran: ran, err: err})
 	finished = true
 	return nil
@@ -476,7 +476,7 @@ func (p *Pool) runHere(it item) error {
 // execute runs one task with its context, timeout and panic recovery, and
 // hands an error to the error handler, unless Shutdown has abandoned the
 // task. It returns how long the task ran when an observer needs it.
-func (p *Pool) execute(it item) (out Outcome, ran time.Duration, err error) {
+func (p *Pool) execute(it item, queued bool) (out Outcome, ran time.Duration, err error) {
 	var ctx context.Context
 	if p.opts.taskTimeout > 0 {
 		dc := newDeadlineContext(p, it.ctx, p.opts.taskTimeout)
@@ -489,7 +489,12 @@ func (p *Pool) execute(it item) (out Outcome, ran time.Duration, err error) {
 	if p.opts.observer != nil {
 		start = time.Now()
 	}
-	err, isPanic := call(ctx, it.task)
+	var isPanic bool
+	if p.opts.wrap != nil {
+		err, isPanic = p.callWrapped(ctx, it, queued)
+	} else {
+		err, isPanic = call(ctx, it.task)
+	}
 	if !start.IsZero() {
 		ran = time.Since(start)
 	}
@@ -513,6 +518,39 @@ func call(ctx context.Context, task Task) (err error, isPanic bool) {
 		}
 	}()
 	return task(ctx), false
+}
+
+// callWrapped runs it's task through the pool's task wrapper (see
+// WithTaskWrapper): the task's panic becomes an error for the wrapper, and
+// is counted a panic again when the wrapper returns it.
+func (p *Pool) callWrapped(ctx context.Context, it item, queued bool) (err error, isPanic bool) {
+	var info TaskInfo
+	if q, ok := jobOf(it.ctx); ok {
+		info.Kind = q.jobArgs().Kind()
+	}
+	if c, ok := it.ctx.(*awaited); ok {
+		info.Awaited = true
+		info.Kind = c.kind
+	}
+	if queued {
+		info.QueueWait = max(0, p.now()-it.at)
+	}
+	var recovered error
+	run := func(ctx context.Context) error {
+		err, panicked := call(ctx, it.task)
+		if panicked {
+			recovered = err
+		}
+		return err
+	}
+	err, isPanic = call(ctx, func(ctx context.Context) error { return p.opts.wrap(ctx, info, run) })
+	if !isPanic && recovered != nil && err == recovered {
+		isPanic = true
+	}
+	if c, ok := it.ctx.(*awaited); ok { // a wrapper that panicked before it ran the task: tell the waiter
+		c.end(err, false)
+	}
+	return err, isPanic
 }
 
 // handleError passes err to the error handler, recovering a panic in it.
