@@ -53,11 +53,13 @@ type TaskEvent struct {
 	Err error
 }
 
-// WithObserver sets a function that the pool calls once for every task when
+// WithObserver adds a function that the pool calls once for every task when
 // it reaches its outcome, with its queue wait and run time: the hook for
-// metrics such as histograms (see the contrib/prometheus module). The
-// default is none, and then the pool reads no clock for it: the only cost on
-// the hot path is a nil check.
+// metrics such as histograms (see the contrib/prometheus and contrib/otel
+// modules). Unlike other options, WithObserver adds to the ones before it,
+// so that two metric backends can watch one pool: every observer is called,
+// in the order given. The default is none, and then the pool reads no clock
+// for it: the only cost on the hot path is a nil check. A nil fn adds none.
 //
 // fn is called synchronously, with no lock held, on the goroutine where the
 // outcome happens (a worker, or the submitter for rejected and dropped
@@ -66,29 +68,37 @@ type TaskEvent struct {
 // reported from a goroutine of their own, so that a slow fn cannot hold
 // Shutdown past its deadline. A task abandoned while running is reported
 // when it returns, so one that never returns is never reported (Stats
-// counts it at once). A panic in fn is recovered and logged. A nil fn means
-// no observer.
+// counts it at once). A panic in fn is recovered and logged, and the
+// observers after it are still called.
 func WithObserver(fn func(TaskEvent)) Option {
 	return optionFunc(func(o *options) error {
-		o.observer = fn
+		if fn != nil {
+			o.observers = append(o.observers, fn)
+		}
 		return nil
 	})
 }
 
-// observe reports an outcome to the observer. A panic in the observer is
-// recovered and logged, like one in the error handler, so that it can take
-// neither a worker nor a submitter down with it.
+// observe reports an outcome to the observers. A panic in one is recovered
+// and logged, like one in the error handler, so that it can take neither a
+// worker nor a submitter down with it, nor keep the others from hearing.
 func (p *Pool) observe(out Outcome, r report) {
-	defer func() {
-		if v := recover(); v != nil {
-			p.logger().Error("bgpool: observer panicked", "panic", v, "outcome", out.String())
-		}
-	}()
 	ev := TaskEvent{Outcome: out, Queued: r.queued, Started: r.started, RunTime: r.ran, Err: r.err}
 	if r.queued {
 		ev.QueueWait = max(0, p.now()-r.at-r.ran)
 	}
-	p.opts.observer(ev)
+	for _, fn := range p.opts.observers {
+		p.observeOne(fn, ev)
+	}
+}
+
+func (p *Pool) observeOne(fn func(TaskEvent), ev TaskEvent) {
+	defer func() {
+		if v := recover(); v != nil {
+			p.logger().Error("bgpool: observer panicked", "panic", v, "outcome", ev.Outcome.String())
+		}
+	}()
+	fn(ev)
 }
 
 // reject counts a task that was refused with err and returns err.

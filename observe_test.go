@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -138,4 +139,19 @@ func TestOutcomeString(t *testing.T) {
 	assert.Equal(t, "abandoned", bgpool.OutcomeAbandoned.String())
 	assert.Equal(t, "unknown", bgpool.Outcome(0).String())
 	assert.Equal(t, "unknown", bgpool.Outcome(200).String())
+}
+
+func TestEveryObserverHearsEveryTaskEvenIfOnePanics(t *testing.T) {
+	var first, second atomic.Int64
+	p := newPool(t, 1, quietLogger(),
+		bgpool.WithObserver(func(bgpool.TaskEvent) { first.Add(1); panic("first observer") }),
+		bgpool.WithObserver(nil),
+		bgpool.WithObserver(func(bgpool.TaskEvent) { second.Add(1) }),
+	)
+	for range 3 {
+		require.NoError(t, p.Do(context.Background(), noop))
+	}
+	shutdown(t, p)
+	assert.Equal(t, int64(3), first.Load())
+	assert.Equal(t, int64(3), second.Load(), "the second observer hears every task, after the first panicked")
 }

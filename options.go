@@ -32,7 +32,7 @@ type options struct {
 	maxQueueWait time.Duration
 	onError      func(context.Context, error)
 	logger       *slog.Logger
-	observer     func(TaskEvent)
+	observers    []func(TaskEvent)
 	handoff      Handoff // nil for none
 	wrap         func(context.Context, TaskInfo, Task) error
 }

@@ -146,7 +146,7 @@ func New(size int, opts ...Option) (*Pool, error) {
 		opts:    o,
 		queue:   make(chan item, o.queueSize),
 		limiter: o.limiter,
-		stamp:   o.maxQueueWait > 0 || o.observer != nil || o.wrap != nil,
+		stamp:   o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil,
 		block:   isBlock(o.policy),
 		epoch:   time.Now(),
 		done:    make(chan struct{}),

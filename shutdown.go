@@ -253,7 +253,7 @@ func (p *Pool) takeQueued() (abandoned int, jobs queuedJobs) {
 		p.stats.outcomes[OutcomeAbandoned].Add(1)
 		p.notifyUnrun(it.ctx, OutcomeAbandoned)
 		abandoned++
-		if p.opts.observer != nil {
+		if len(p.opts.observers) > 0 {
 			lost = append(lost, it.at)
 		}
 	}
@@ -281,7 +281,7 @@ func (p *Pool) handOff(jobs queuedJobs, deadline time.Time) int {
 	for _, c := range jobs.ctxs {
 		p.notifyUnrun(c, out)
 	}
-	if p.opts.observer != nil {
+	if len(p.opts.observers) > 0 {
 		go func() {
 			for _, at := range jobs.ats {
 				p.observe(out, report{queued: true, at: at})

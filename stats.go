@@ -114,7 +114,7 @@ func (p *Pool) settleCounted(out Outcome, r report) {
 	if r.ctx != nil {
 		p.notifyUnrun(r.ctx, out)
 	}
-	if p.opts.observer != nil {
+	if len(p.opts.observers) > 0 {
 		p.observe(out, r)
 	}
 }

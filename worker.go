@@ -375,7 +375,7 @@ func (p *Pool) finish(s *slot, it item, out Outcome, r report) {
 			if r.ctx != nil {
 				p.notifyUnrun(r.ctx, OutcomeAbandoned)
 			}
-			if p.opts.observer != nil {
+			if len(p.opts.observers) > 0 {
 				r.err = nil
 				p.observe(OutcomeAbandoned, r)
 			}
@@ -486,7 +486,7 @@ func (p *Pool) execute(it item, queued bool) (out Outcome, ran time.Duration, er
 		ctx = newTaskContext(p.base, it.ctx)
 	}
 	var start time.Time
-	if p.opts.observer != nil {
+	if len(p.opts.observers) > 0 {
 		start = time.Now()
 	}
 	var isPanic bool
