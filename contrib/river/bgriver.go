@@ -16,23 +16,46 @@ package bgriver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"net"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/riverqueue/river"
 
 	"github.com/bgpool/bgpool"
 )
 
 // NewHandoff returns a bgpool.Handoff that inserts each batch of Jobs into
-// River with c, in one InsertMany call (one transaction: all or none), each
-// with opts (nil for River's defaults and each args type's InsertOpts). The
-// Handoff honours its ctx, as InsertMany does. c needs no workers and need
-// not be started: an insert-only client will do. If c has workers, each
-// kind handed off must be registered with them, or InsertMany refuses the
-// batch (see River's SkipUnknownJobCheck). It is safe for concurrent use.
+// River with c, each with opts (nil for River's defaults and each args
+// type's InsertOpts). The Handoff honours its ctx. c needs no workers and
+// need not be started: an insert-only client will do. It is safe for
+// concurrent use.
+//
+// A batch goes into one InsertMany call: one transaction, all or none. A job
+// that River would refuse for what it is does not take the others down: args
+// whose JSON encoding fails are set aside before the insert, and if the
+// insert still fails for a reason other than the database or ctx (an
+// args type's InsertOpts that River rejects, a kind unknown to c's workers,
+// a string that PostgreSQL's jsonb refuses), the batch is inserted again in
+// one transaction, a savepoint per part, halving the parts until each
+// refused job stands alone. The Handoff then stores every other job and
+// returns one *bgpool.JobError per refused job (its index in jobs), joined
+// with errors.Join. If every job is refused, or the database or ctx fails,
+// it stores none and returns the error. The search costs one savepoint round
+// trip per part tried, about 2·k·log2(n) for k refused jobs among n, and only
+// when a job is refused.
+//
+// An error does not always mean that nothing was stored: if ctx ends while
+// the commit is on its way, PostgreSQL may have committed the rows. Make the
+// kinds that must not run twice unique (river.UniqueOpts) so that the pool's
+// retry, or the caller's, inserts nothing new; see the README.
 //
 // NewHandoff panics if c is nil: that is a programming error that must not
 // wait for the first hand-off to show.
@@ -49,12 +72,129 @@ type handoff struct {
 }
 
 func (h *handoff) Handoff(ctx context.Context, jobs []bgpool.JobArgs) error {
-	params := make([]river.InsertManyParams, len(jobs))
+	// River encodes args with encoding/json; doing it once more here finds
+	// the args it would refuse, at about a microsecond a job, before they
+	// can sink the batch.
+	var refused []error
+	params := make([]river.InsertManyParams, 0, len(jobs))
+	index := make([]int, 0, len(jobs)) // index[i] is params[i]'s place in jobs
 	for i, args := range jobs {
-		params[i] = river.InsertManyParams{Args: args, InsertOpts: h.opts}
+		if err := encodable(args); err != nil {
+			refused = append(refused, &bgpool.JobError{Index: i, Err: err})
+			continue
+		}
+		params = append(params, river.InsertManyParams{Args: args, InsertOpts: h.opts})
+		index = append(index, i)
+	}
+	if len(params) == 0 {
+		return errors.Join(refused...)
 	}
 	_, err := h.client.InsertMany(ctx, params)
-	return err
+	if err == nil {
+		return errors.Join(refused...)
+	}
+	if ctx.Err() != nil || !refusable(err) {
+		return fmt.Errorf("bgriver: hand-off of %d jobs: %w", len(jobs), err)
+	}
+	bad, err := h.insertAround(ctx, params)
+	if err != nil {
+		return fmt.Errorf("bgriver: hand-off of %d jobs: %w", len(jobs), err)
+	}
+	for _, b := range bad {
+		refused = append(refused, &bgpool.JobError{Index: index[b.index], Err: b.err})
+	}
+	slices.SortFunc(refused, func(a, b error) int {
+		return a.(*bgpool.JobError).Index - b.(*bgpool.JobError).Index
+	})
+	return errors.Join(refused...)
+}
+
+// encodable reports why River could not encode args, if it could not.
+func encodable(args bgpool.JobArgs) error {
+	if args == nil {
+		return errors.New("bgriver: nil args")
+	}
+	if _, err := json.Marshal(args); err != nil {
+		return fmt.Errorf("bgriver: args of kind %q: %w", args.Kind(), err)
+	}
+	return nil
+}
+
+// refusable reports whether err, from an InsertMany, may be the refusal of
+// some of its jobs rather than a failure of the database connection: River's
+// own validation (a plain error), or PostgreSQL's refusal of a value (an
+// error of class 22, data exception, such as jsonb's "unsupported Unicode
+// escape sequence").
+func refusable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return strings.HasPrefix(pgErr.Code, "22")
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) || pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
+		return false
+	}
+	var connErr *pgconn.ConnectError
+	return !errors.As(err, &connErr)
+}
+
+// A refusal is a job that River or PostgreSQL refused, by its place in the
+// params given to insertAround.
+type refusal struct {
+	index int
+	err   error
+}
+
+// insertAround inserts params in one transaction, a savepoint per part,
+// splitting a part that fails in two until each refused job is alone. It
+// returns the refused jobs, in order, once the rest are committed; or an
+// error, with nothing stored, if every job is refused or the database fails.
+func (h *handoff) insertAround(ctx context.Context, params []river.InsertManyParams) ([]refusal, error) {
+	driver := h.client.Driver()
+	execTx, err := driver.GetExecutor().Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	tx := driver.UnwrapTx(execTx)
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op once committed
+
+	var bad []refusal
+	var insert func(lo, hi int) error
+	insert = func(lo, hi int) error {
+		sp, err := tx.Begin(ctx) // a savepoint
+		if err != nil {
+			return err
+		}
+		_, err = h.client.InsertManyTx(ctx, sp, params[lo:hi])
+		if err == nil {
+			return sp.Commit(ctx) // releases the savepoint
+		}
+		if rbErr := sp.Rollback(ctx); rbErr != nil {
+			return errors.Join(err, rbErr)
+		}
+		if ctx.Err() != nil || !refusable(err) {
+			return err
+		}
+		if hi-lo == 1 {
+			bad = append(bad, refusal{index: lo, err: err})
+			return nil
+		}
+		mid := lo + (hi-lo)/2
+		if err := insert(lo, mid); err != nil {
+			return err
+		}
+		return insert(mid, hi)
+	}
+	if err := insert(0, len(params)); err != nil {
+		return nil, err
+	}
+	if len(bad) == len(params) {
+		return nil, fmt.Errorf("every job refused, the first: %w", bad[0].err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return bad, nil
 }
 
 // Snoozing a refused job: between snoozeMin and twice that, at random, so

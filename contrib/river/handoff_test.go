@@ -1,0 +1,132 @@
+package bgriver_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/riverqueue/river"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/bgpool/bgpool"
+	bgriver "github.com/bgpool/bgpool/contrib/river"
+)
+
+// badArgs are args whose JSON encoding fails.
+type badArgs struct{}
+
+func (badArgs) Kind() string                 { return mailKind }
+func (badArgs) MarshalJSON() ([]byte, error) { return nil, errors.New("no JSON for you") }
+
+// noteArgs carry a string, which PostgreSQL's jsonb refuses if it holds a
+// NUL character although encoding/json encodes it.
+type noteArgs struct {
+	Note string `json:"note"`
+}
+
+func (noteArgs) Kind() string { return mailKind }
+
+// badOptsArgs are args whose own InsertOpts River refuses.
+type badOptsArgs struct{}
+
+func (badOptsArgs) Kind() string                   { return mailKind }
+func (badOptsArgs) InsertOpts() river.InsertOpts   { return river.InsertOpts{Priority: 9} }
+func (a badOptsArgs) MarshalJSON() ([]byte, error) { return []byte(`{}`), nil }
+
+var _ river.JobArgsWithInsertOpts = badOptsArgs{}
+
+// jobErrors returns the JobErrors joined in err, in order.
+func jobErrors(t *testing.T, err error) []*bgpool.JobError {
+	t.Helper()
+	joined, ok := err.(interface{ Unwrap() []error })
+	require.True(t, ok, "the error joins JobErrors: %v", err)
+	var out []*bgpool.JobError
+	for _, e := range joined.Unwrap() {
+		var je *bgpool.JobError
+		require.ErrorAs(t, e, &je)
+		out = append(out, je)
+	}
+	return out
+}
+
+func TestHandoffStoresTheOthersWhenSomeJobsAreRefused(t *testing.T) {
+	tests := []struct {
+		name string
+		bad  map[int]bgpool.JobArgs
+	}{
+		{"args whose JSON encoding fails", map[int]bgpool.JobArgs{17: badArgs{}}},
+		{"a string that PostgreSQL's jsonb refuses", map[int]bgpool.JobArgs{33: noteArgs{Note: "nul \x00 here"}}},
+		{"args whose own InsertOpts River refuses", map[int]bgpool.JobArgs{0: badOptsArgs{}}},
+		{"three refused of three kinds", map[int]bgpool.JobArgs{2: noteArgs{Note: "\x00"}, 25: badArgs{}, 49: badOptsArgs{}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			db, schema := testSchema(t)
+			ctx := context.Background()
+			h := bgriver.NewHandoff(insertOnlyClient(t, db, schema), nil)
+			const n = 50
+			jobs := make([]bgpool.JobArgs, n)
+			for i := range jobs {
+				jobs[i] = mailArgs{N: i}
+				if b, ok := tt.bad[i]; ok {
+					jobs[i] = b
+				}
+			}
+			err := h.Handoff(ctx, jobs)
+			require.Error(t, err)
+			got := jobErrors(t, err)
+			require.Len(t, got, len(tt.bad), "one JobError per refused job: %v", err)
+			prev := -1
+			for _, je := range got {
+				assert.Contains(t, tt.bad, je.Index, "JobError %d names a refused job: %v", je.Index, je)
+				assert.Greater(t, je.Index, prev, "in order")
+				prev = je.Index
+			}
+			rows, err := countJobs(ctx, db, schema, mailKind, "available")
+			require.NoError(t, err)
+			assert.Equal(t, n-len(tt.bad), rows, "every other job is stored")
+			var stored []int
+			r, err := db.Query(ctx, "SELECT (args->>'n')::int FROM "+schema+".river_job WHERE args ? 'n' ORDER BY 1")
+			require.NoError(t, err)
+			for r.Next() {
+				var v int
+				require.NoError(t, r.Scan(&v))
+				stored = append(stored, v)
+			}
+			require.NoError(t, r.Err())
+			for _, v := range stored {
+				assert.NotContains(t, tt.bad, v, "a refused job's index is not stored")
+			}
+			assert.Len(t, stored, n-len(tt.bad))
+		})
+	}
+}
+
+func TestHandoffStoresNoneWhenEveryJobIsRefused(t *testing.T) {
+	db, schema := testSchema(t)
+	ctx := context.Background()
+	h := bgriver.NewHandoff(insertOnlyClient(t, db, schema), nil)
+	err := h.Handoff(ctx, []bgpool.JobArgs{noteArgs{Note: "\x00"}, badOptsArgs{}})
+	require.Error(t, err)
+	var je *bgpool.JobError
+	assert.False(t, errors.As(err, &je), "not a JobError: the whole batch failed: %v", err)
+	rows, err := countJobs(ctx, db, schema, mailKind, "")
+	require.NoError(t, err)
+	assert.Zero(t, rows)
+}
+
+func TestHandoffStoresNoneWhenTheContextHasEnded(t *testing.T) {
+	db, schema := testSchema(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	h := bgriver.NewHandoff(insertOnlyClient(t, db, schema), nil)
+	err := h.Handoff(ctx, []bgpool.JobArgs{mailArgs{N: 1}, badArgs{}})
+	require.Error(t, err)
+	assert.ErrorIs(t, err, context.Canceled)
+	var je *bgpool.JobError
+	assert.False(t, errors.As(err, &je), "not a JobError: the whole batch failed: %v", err)
+	rows, err := countJobs(context.Background(), db, schema, mailKind, "")
+	require.NoError(t, err)
+	assert.Zero(t, rows)
+}
