@@ -201,18 +201,31 @@ func (h *handoff) insertAround(ctx context.Context, params []river.InsertManyPar
 // that jobs refused together do not all come back together.
 const snoozeMin = time.Second
 
+// MaxSnoozes is how many times, for each attempt, AddWorker's worker snoozes
+// a job that its pool turns away for the moment (bgpool.ErrOverloaded or
+// bgpool.ErrDropped): about 15 seconds of snoozes of one to two seconds.
+// Past that the worker returns the refusal as the job's error, so that River
+// uses an attempt and backs off by its retry policy, and the next attempt
+// may snooze MaxSnoozes times again. The count is River's own: the
+// "snoozes" key of the job's metadata, which River raises by one for each
+// snooze and never resets, against MaxSnoozes times the job's attempt.
+const MaxSnoozes = 10
+
 // AddWorker registers j as River's worker for T's kind on w: River fetches
 // the job and its worker runs j inside p with j.Do, and waits for it. The
 // job thus runs under p's cap, rate limit, task timeout, observer and
 // accounting, like every other task of p, and its work's error is River's
 // (River retries it by its retry policy); a panic is the work's error too.
 //
-// When p refuses the job, because it is full (bgpool.ErrOverloaded, under
-// Reject or when River's job timeout ends a Block wait), dropped it
-// (bgpool.ErrDropped: Drop, DropOldest, Spill, WithMaxQueueWait) or is
-// closed (bgpool.ErrClosed), the worker returns river.JobSnooze for one to
-// two seconds: the job comes back without using up an attempt. Spill never
-// hands such a job back to River: it is already there. A job whose pool
+// When p turns the job away for the moment, because it is full
+// (bgpool.ErrOverloaded, under Reject or when River's job timeout ends a
+// Block wait) or dropped it (bgpool.ErrDropped: Drop, DropOldest, Spill,
+// WithMaxQueueWait), the worker returns river.JobSnooze for one to two
+// seconds: the job comes back without using up an attempt, up to MaxSnoozes
+// times an attempt. Spill never hands such a job back to River: it is
+// already there. When p is closed (bgpool.ErrClosed), no snooze helps: the
+// worker returns the error, River uses an attempt and retries the job by
+// its retry policy, on whichever client fetches it then. A job whose pool
 // Shutdown abandoned returns that error, and River retries it.
 //
 // Give the River queue at least as many workers (MaxWorkers) as p's size, or
@@ -237,13 +250,28 @@ type worker[T river.JobArgs] struct {
 
 func (w *worker[T]) Work(ctx context.Context, job *river.Job[T]) error {
 	err := w.job.Do(ctx, w.pool, job.Args)
-	if refused(err) {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, bgpool.ErrClosed):
+		return fmt.Errorf("bgriver: job %d not run: %w", job.ID, err)
+	case errors.Is(err, bgpool.ErrOverloaded) || errors.Is(err, bgpool.ErrDropped):
+		if n := snoozes(job.Metadata); n >= int64(MaxSnoozes)*int64(max(job.Attempt, 1)) {
+			return fmt.Errorf("bgriver: job %d not run after %d snoozes: %w", job.ID, n, err)
+		}
 		return river.JobSnooze(snoozeMin + rand.N(snoozeMin))
 	}
 	return err
 }
 
-// refused reports whether err says that the pool did not run the task.
-func refused(err error) bool {
-	return errors.Is(err, bgpool.ErrOverloaded) || errors.Is(err, bgpool.ErrDropped) || errors.Is(err, bgpool.ErrClosed)
+// snoozes returns the count of snoozes that River keeps in a job's metadata
+// (the "snoozes" key), zero if there is none or it cannot be read.
+func snoozes(metadata []byte) int64 {
+	var m struct {
+		Snoozes int64 `json:"snoozes"`
+	}
+	if len(metadata) == 0 || json.Unmarshal(metadata, &m) != nil {
+		return 0
+	}
+	return m.Snoozes
 }

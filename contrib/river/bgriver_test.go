@@ -320,33 +320,114 @@ func TestAddWorkerRunsRiverJobsInsideThePool(t *testing.T) {
 	require.NoError(t, p.Shutdown(ctx))
 }
 
-func TestAddWorkerSnoozesWhenThePoolRefuses(t *testing.T) {
+// jobRow is what River recorded of a job.
+type jobRow struct {
+	State   string
+	Attempt int
+	Errors  []string // each attempt's error
+	Snoozes int64    // the "snoozes" key of its metadata
+	Later   bool     // scheduled_at in the future
+}
+
+// readJob reads the one job of kind in schema.
+func readJob(ctx context.Context, db *pgxpool.Pool, schema, kind string) (jobRow, error) {
+	var j jobRow
+	err := db.QueryRow(ctx, `SELECT state::text, attempt,
+		coalesce((SELECT array_agg(e->>'error') FROM unnest(errors) e), '{}'),
+		coalesce((metadata->>'snoozes')::bigint, 0), scheduled_at > now()
+		FROM `+schema+`.river_job WHERE kind = $1`, kind).
+		Scan(&j.State, &j.Attempt, &j.Errors, &j.Snoozes, &j.Later)
+	return j, err
+}
+
+// fullPool returns a pool of one worker, busy until the test ends, with no
+// queue and the Reject policy: it refuses every task with ErrOverloaded.
+func fullPool(t *testing.T) *bgpool.Pool {
+	t.Helper()
+	p, err := bgpool.New(1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Reject))
+	require.NoError(t, err)
+	release, started := make(chan struct{}), make(chan struct{})
+	require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+		close(started)
+		<-release
+		return nil
+	}))
+	<-started
+	t.Cleanup(func() {
+		close(release)
+		assert.NoError(t, p.Shutdown(context.Background()))
+	})
+	return p
+}
+
+func TestAddWorkerSnoozesWhenThePoolIsFull(t *testing.T) {
+	db, schema := testSchema(t)
+	ctx := context.Background()
+	p := fullPool(t)
+	var ran atomic.Bool
+	work := bgpool.NewJob(func(context.Context, mailArgs) error { ran.Store(true); return nil })
+	c := riverWorker(t, db, schema, p, work)
+	_, err := c.Insert(ctx, mailArgs{N: 1}, nil)
+	require.NoError(t, err)
+
+	// River records a snooze as the job made available again later: same
+	// attempt, no error, one more snooze in its metadata.
+	var j jobRow
+	require.Eventually(t, func() bool {
+		j, err = readJob(ctx, db, schema, mailKind)
+		return err == nil && j.Snoozes >= 1
+	}, 10*time.Second, 5*time.Millisecond, "the job is snoozed")
+	assert.False(t, ran.Load(), "the work did not run")
+	assert.Zero(t, j.Attempt, "a snooze uses no attempt")
+	assert.Empty(t, j.Errors, "a snooze records no error")
+	assert.Positive(t, p.Stats().Rejected, "the pool counted the refusal")
+}
+
+func TestAddWorkerFailsTheJobWhenThePoolIsClosed(t *testing.T) {
 	db, schema := testSchema(t)
 	ctx := context.Background()
 	p, err := bgpool.New(1)
 	require.NoError(t, err)
 	require.NoError(t, p.Shutdown(ctx)) // a closed pool refuses every task with ErrClosed
-	ran := atomic.Bool{}
+	var ran atomic.Bool
 	work := bgpool.NewJob(func(context.Context, mailArgs) error { ran.Store(true); return nil })
 	c := riverWorker(t, db, schema, p, work)
 	_, err = c.Insert(ctx, mailArgs{N: 1}, nil)
 	require.NoError(t, err)
 
-	// River records a snooze as the job made available again later: same
-	// attempt, no error, scheduled_at in the future.
-	var state string
-	var attempt int
-	var errs string
-	var later bool
+	var j jobRow
 	require.Eventually(t, func() bool {
-		err := db.QueryRow(ctx, "SELECT state::text, attempt, coalesce(array_to_json(errors)::text, ''), scheduled_at > now() FROM "+schema+".river_job WHERE kind = $1", mailKind).
-			Scan(&state, &attempt, &errs, &later)
-		return err == nil && later && (state == "available" || state == "scheduled")
-	}, 10*time.Second, 5*time.Millisecond, "the job is snoozed")
+		j, err = readJob(ctx, db, schema, mailKind)
+		return err == nil && len(j.Errors) >= 1
+	}, 10*time.Second, 5*time.Millisecond, "River records the error")
 	assert.False(t, ran.Load(), "the work did not run")
-	assert.Zero(t, attempt, "a snooze uses no attempt")
-	assert.Empty(t, errs, "a snooze records no error")
-	assert.Equal(t, uint64(1), p.Stats().Rejected, "the pool counted the refusal")
+	assert.GreaterOrEqual(t, j.Attempt, 1, "the refusal used an attempt")
+	assert.Zero(t, j.Snoozes, "a closed pool is not snoozed")
+	assert.Contains(t, j.Errors[0], bgpool.ErrClosed.Error())
+}
+
+func TestAddWorkerStopsSnoozingAfterMaxSnoozes(t *testing.T) {
+	db, schema := testSchema(t)
+	ctx := context.Background()
+	p := fullPool(t)
+	work := bgpool.NewJob(func(context.Context, mailArgs) error { return nil })
+	c := riverWorker(t, db, schema, p, work)
+	// The job starts one snooze short of the bound, as if snoozed
+	// MaxSnoozes-1 times already, so that the test takes seconds, not the
+	// bound's 15.
+	meta := fmt.Appendf(nil, `{"snoozes": %d}`, bgriver.MaxSnoozes-1)
+	_, err := c.Insert(ctx, mailArgs{N: 1}, &river.InsertOpts{Metadata: meta})
+	require.NoError(t, err)
+
+	var j jobRow
+	require.Eventually(t, func() bool {
+		j, err = readJob(ctx, db, schema, mailKind)
+		return err == nil && len(j.Errors) >= 1
+	}, 15*time.Second, 5*time.Millisecond, "River records the refusal as an error")
+	assert.Equal(t, int64(bgriver.MaxSnoozes), j.Snoozes, "snoozed up to the bound, and no further")
+	assert.Equal(t, 1, j.Attempt, "the refusal past the bound used an attempt")
+	assert.Contains(t, j.Errors[0], bgpool.ErrOverloaded.Error())
+	assert.Contains(t, j.Errors[0], fmt.Sprintf("after %d snoozes", bgriver.MaxSnoozes))
 }
 
 func TestKill9LosesNothing(t *testing.T) {

@@ -130,3 +130,56 @@ func TestHandoffStoresNoneWhenTheContextHasEnded(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, rows)
 }
+
+// receiptArgs are unique by their idempotency key: River stores one row per
+// key, however many times the job is inserted.
+type receiptArgs struct {
+	Key   string `json:"key" river:"unique"`
+	Email string `json:"email"`
+}
+
+func (receiptArgs) Kind() string { return "bgriver_test_receipt" }
+
+func (receiptArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{UniqueOpts: river.UniqueOpts{ByArgs: true}}
+}
+
+func TestHandoffRetriedWithUniqueJobsStoresEachJobOnce(t *testing.T) {
+	db, schema := testSchema(t)
+	ctx := context.Background()
+	h := bgriver.NewHandoff(insertOnlyClient(t, db, schema), nil)
+	batch := []bgpool.JobArgs{
+		receiptArgs{Key: "signup-1", Email: "ada@example.com"},
+		receiptArgs{Key: "signup-2", Email: "bob@example.com"},
+	}
+	require.NoError(t, h.Handoff(ctx, batch))
+	// The retry of a hand-off whose commit went through although the call
+	// returned an error (its reply came after the deadline), with one job
+	// more: the stored ones are skipped, the new one stored.
+	retry := append(batch, receiptArgs{Key: "signup-3", Email: "cy@example.com"})
+	require.NoError(t, h.Handoff(ctx, retry))
+	require.NoError(t, h.Handoff(ctx, batch[:1]), "the same unique job alone")
+
+	var keys []string
+	r, err := db.Query(ctx, "SELECT args->>'key' FROM "+schema+".river_job WHERE kind = $1 ORDER BY 1", receiptArgs{}.Kind())
+	require.NoError(t, err)
+	for r.Next() {
+		var k string
+		require.NoError(t, r.Scan(&k))
+		keys = append(keys, k)
+	}
+	require.NoError(t, r.Err())
+	assert.Equal(t, []string{"signup-1", "signup-2", "signup-3"}, keys, "one row per idempotency key")
+}
+
+func TestHandoffWithoutUniqueJobsStoresARetryTwice(t *testing.T) {
+	db, schema := testSchema(t)
+	ctx := context.Background()
+	h := bgriver.NewHandoff(insertOnlyClient(t, db, schema), nil)
+	job := []bgpool.JobArgs{mailArgs{N: 1}}
+	require.NoError(t, h.Handoff(ctx, job))
+	require.NoError(t, h.Handoff(ctx, job))
+	rows, err := countJobs(ctx, db, schema, mailKind, "")
+	require.NoError(t, err)
+	assert.Equal(t, 2, rows, "without UniqueOpts a retried hand-off stores the job again: what the README warns of")
+}
