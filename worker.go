@@ -354,6 +354,10 @@ func (p *Pool) run(s *slot, it item) {
 			return
 		}
 	}
+	if c, ok := it.ctx.(*awaited); ok && !c.claim() { // Job.Do's waiter took it back
+		p.finish(s, it, OutcomeDropped, report{queued: true, at: it.at})
+		return
+	}
 	out, ran, err := p.execute(it, true)
 	p.finish(s, it, out, report{queued: true, started: true, at: it.at, ran: ran, err: err})
 }
