@@ -175,7 +175,7 @@ func (p *Pool) abandon(ctx, drain context.Context) error {
 	p.mu.Lock()
 	for _, w := range p.all {
 		switch {
-		case w.state.CompareAndSwap(slotRunning, slotAbandoned):
+		case w.state.CompareAndSwap(slotRunning, slotAbandoned), w.state.CompareAndSwap(slotStarting, slotAbandoned):
 			running++
 		case w.state.CompareAndSwap(slotHolding, slotAbandoned):
 			held++
