@@ -82,6 +82,7 @@ type Pool struct {
 	reaping    atomic.Bool  // the reaper is due
 	waiting    atomic.Int64 // submitters blocked in wait, for Tune
 	handingOff atomic.Int64 // Jobs Shutdown took from the queue to hand off, not yet counted (see handOffQueued)
+	handoffs   handoffs
 
 	stats counters
 
