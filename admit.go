@@ -170,6 +170,8 @@ func (p *Pool) wait(ctx context.Context, it item) error {
 	if err := ctx.Err(); err != nil {
 		return overloaded(err)
 	}
+	p.waiting.Add(1)
+	defer p.waiting.Add(-1)
 	select {
 	case p.queue <- it: // admitted
 		p.admitted()

@@ -2,6 +2,7 @@ package bgpool
 
 import (
 	"context"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,7 +72,12 @@ type deadlineState struct {
 // run for d. It reads the monotonic clock only, once: on virtual machines
 // the wall clock can cost as much as the rest of a task's overhead.
 func newDeadlineContext(p *Pool, ctx context.Context, d time.Duration) *deadlineContext {
-	c := &deadlineContext{pool: p, deadline: p.now() + d}
+	now := p.now()
+	deadline := now + d
+	if deadline < now { // saturate, as context.WithTimeout does: MaxInt64 means no limit
+		deadline = math.MaxInt64
+	}
+	c := &deadlineContext{pool: p, deadline: deadline}
 	if ctx != context.Background() && ctx != context.TODO() {
 		c.values = ctx
 	}

@@ -26,16 +26,22 @@ import (
 // pool waits for a worker that may never come if every worker does the
 // same: give such calls a ctx with a deadline. Do is safe for concurrent
 // use.
-func (p *Pool) Do(ctx context.Context, task Task) error { return p.do(ctx, task, "") }
+func (p *Pool) Do(ctx context.Context, task Task) error { return p.do(ctx, task, "", false) }
 
-// do is Do for a task of kind (see TaskInfo), empty for a plain task.
-func (p *Pool) do(ctx context.Context, task Task, kind string) error {
+// do is Do for a task of kind (see TaskInfo), empty for a plain task. A
+// bound task is Job.Do's: ctx's end withdraws it if it has not started and
+// cancels it if it has, and do returns only once it has ended or will never
+// start.
+func (p *Pool) do(ctx context.Context, task Task, kind string, bound bool) error {
 	if ctx == nil || task == nil {
 		return p.Submit(ctx, task) // counted, and refused with Submit's error
 	}
-	c := &awaited{Context: ctx, pool: p, task: task, kind: kind, done: make(chan struct{})}
+	c := &awaited{Context: ctx, pool: p, task: task, kind: kind, bound: bound, done: make(chan struct{})}
 	if err := p.Submit(c, runAwaited); err != nil {
 		return err
+	}
+	if bound {
+		return c.waitBound(ctx)
 	}
 	err, _ := c.wait(ctx)
 	return err
@@ -60,6 +66,7 @@ type awaited struct {
 	state  atomic.Uint32
 	tc     taskContext // the task's context, made in place (see taskContext)
 	kind   string      // the Job's kind, for Job.Do (see TaskInfo)
+	bound  bool        // Job.Do's: the submitter's ctx withdraws or cancels the task (see Pool.do)
 
 	// Do's and a Future's. The ending writes err and returned, then closes
 	// done; waiters read them after done.
@@ -73,9 +80,10 @@ type awaited struct {
 // not run (dropped, expired, abandoned), or, for a Future, at Shutdown's
 // abandonment.
 const (
-	awaitQueued  uint32 = iota // submitted, not started
-	awaitRunning               // runAwaited has started it
-	awaitEnded                 // settled; later endings are ignored
+	awaitQueued    uint32 = iota // submitted, not started
+	awaitRunning                 // a worker has claimed it (see claim), or runAwaited has started it
+	awaitEnded                   // settled; later endings are ignored
+	awaitWithdrawn               // its waiter took it back before it started (Job.Do): it never runs
 )
 
 // futureTask is what a Future runs; see Future.run.
@@ -121,8 +129,14 @@ func (c *awaited) unrun(err error) { c.end(err, false) }
 // end settles c with err, once: it reports to c's group, or records err and
 // closes done. returned tells whether the task itself returned err.
 func (c *awaited) end(err error, returned bool) {
-	if c.state.Swap(awaitEnded) == awaitEnded {
-		return
+	for {
+		s := c.state.Load()
+		if s >= awaitEnded {
+			return
+		}
+		if c.state.CompareAndSwap(s, awaitEnded) {
+			break
+		}
 	}
 	if c.group != nil {
 		c.group.taskEnded(err)
@@ -156,6 +170,41 @@ func (c *awaited) wait(ctx context.Context) (err error, ended bool) {
 	}
 }
 
+// waitBound is Job.Do's wait: until c ends. When ctx ends first, it takes
+// c back if its task has not started, so that it never runs, and returns
+// ctx's error; otherwise the task's context is cancelled (see runAwaited)
+// and it waits for the task to return, however long that takes: a queue
+// such as River that runs the job again once Do returns must not see it
+// run twice.
+func (c *awaited) waitBound(ctx context.Context) error {
+	select {
+	case <-c.done: // the task ended, or will never run
+		return c.err
+	case <-ctx.Done(): // the caller stopped waiting: take the task back, or cancel it
+	}
+	if c.state.CompareAndSwap(awaitQueued, awaitWithdrawn) {
+		return ctx.Err()
+	}
+	<-c.done
+	return c.err
+}
+
+// claim marks c's task as started, and reports false when its waiter has
+// taken it back (see waitBound): then it must not run.
+func (c *awaited) claim() bool {
+	return c.state.CompareAndSwap(awaitQueued, awaitRunning) || c.state.Load() != awaitWithdrawn
+}
+
+// runBound runs Job.Do's task with a context that the submitter's ctx
+// cancels too, with its cause.
+func (c *awaited) runBound(ctx context.Context) error {
+	tctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(c.Context, func() { cancel(context.Cause(c.Context)) })
+	defer stop()
+	return c.task(tctx)
+}
+
 // runAwaited is the Task that Do, Group and Submit[T] submit for every
 // awaited. It is a function, not a closure, so that submitting it allocates
 // nothing: it finds its awaited in ctx, where the pool's task context has it
@@ -186,6 +235,8 @@ func runAwaited(ctx context.Context) error {
 		err = c.group.run(ctx, c.task)
 	case c.future != nil:
 		err = c.future.run(ctx)
+	case c.bound:
+		err = c.runBound(ctx)
 	default:
 		err = c.task(ctx)
 	}

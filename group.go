@@ -3,6 +3,7 @@ package bgpool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 )
@@ -124,7 +125,21 @@ func (g *Group) submit(task Task, mode submitMode) error {
 	}()
 	err = g.pool.submit(c, runAwaited, mode)
 	returned = true
+	if errors.Is(err, ErrOverloaded) && g.ctx.Err() != nil {
+		if first := g.firstErr(); first != nil {
+			// The wait for room ended because a sibling failed and cancelled
+			// the group: that failure, not overload, is why.
+			err = fmt.Errorf("bgpool: Group.Submit: the group has failed: %w", first)
+		}
+	}
 	return err
+}
+
+// firstErr returns the group's first error, nil if none.
+func (g *Group) firstErr() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.err
 }
 
 // Wait blocks until every task that the group admitted has ended, in any

@@ -344,8 +344,8 @@ func TestGroupSubmitBlockedUntilTheGroupFails(t *testing.T) {
 	// The failure cancels the group's context, which ends the blocked Submit,
 	// unless the worker freed by the failure admitted it first.
 	if err := receive(t, submitted, 2*time.Second, "the blocked Submit did not return"); err != nil {
-		assert.ErrorIs(t, err, context.Canceled)
-		assert.ErrorIs(t, err, bgpool.ErrOverloaded)
+		assert.ErrorIs(t, err, errLookup, "the group's failure, not overload")
+		assert.NotErrorIs(t, err, bgpool.ErrOverloaded)
 	}
 	assert.ErrorIs(t, g.Wait(), errLookup)
 }
@@ -487,4 +487,20 @@ func TestGroupPolicyThatPanics(t *testing.T) {
 	waited := make(chan error, 1)
 	go func() { waited <- g.Wait() }()
 	assert.NoError(t, receive(t, waited, time.Second, "Wait waited for a task that was never admitted"))
+}
+
+func TestGroupSubmitAfterAFailureReportsTheGroupsError(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(0), quietLogger())
+	g, _ := p.NewGroup(context.Background())
+	lookup := errors.New("lookup failed")
+	failed := make(chan struct{})
+	require.NoError(t, g.Submit(func(context.Context) error { defer close(failed); return lookup }))
+	<-failed
+	waitStats(t, p, func(s bgpool.Stats) bool { return s.Failed == 1 })
+	hold(t, p) // the pool is full: a Submit under Block would wait
+	err := g.Submit(noop)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, lookup, "Submit after a failure names the group's error")
+	assert.NotErrorIs(t, err, bgpool.ErrOverloaded, "a failed lookup is not overload")
+	assert.ErrorIs(t, g.Wait(), lookup)
 }

@@ -84,7 +84,10 @@ func (p *Pool) spill(ctx context.Context) {
 	}
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), handoffTimeout)
 	defer cancel()
-	if err := p.callHandoff(hctx, []JobArgs{q.jobArgs()}); err != nil {
+	start := time.Now()
+	err := p.callHandoff(hctx, []JobArgs{q.jobArgs()})
+	p.handoffs.measured(1, time.Since(start))
+	if err != nil {
 		err = fmt.Errorf("bgpool: hand-off failed; job dropped: %w", err)
 		p.handleError(ctx, err)
 		p.settle(OutcomeDropped, report{ctx: ctx, err: err})

@@ -83,9 +83,17 @@ func (j *Job[T]) Go(r *http.Request, args T) error {
 	return Go(r.WithContext(rec), runJob[T])
 }
 
-// Do runs the job with args inside p and waits for it, as p.Do does a task,
-// and returns what p.Do returns: the work's error, ErrDropped,
-// ErrOverloaded, ErrClosed, or the error of Shutdown's deadline.
+// Do runs the job with args inside p and waits for it, and returns the
+// work's error, ErrDropped, ErrOverloaded, ErrClosed, or the error of
+// Shutdown's deadline for a job that never started. Unlike Pool.Do, ctx
+// bounds the job, not only the wait: when ctx ends before the work starts,
+// Do takes the job back (it never runs; it is counted Dropped when a worker
+// reaches it) and returns ctx's error; once the work has started, ctx's
+// cancellation reaches the work's context (with its cause) and Do waits
+// until the work has returned, however long that takes, Shutdown's deadline
+// included. So Do returns only once the work has ended or will never start:
+// a queue that runs the job again after Do returns (River retries it) never
+// runs it twice at once.
 //
 // The task Do submits is a plain task, not a Job: the pool never hands it
 // off (under Spill it is dropped, and Do returns ErrDropped), since the
@@ -97,7 +105,11 @@ func (j *Job[T]) Do(ctx context.Context, p *Pool, args T) error {
 	if p == nil {
 		return errors.New("bgpool: Job.Do: nil pool")
 	}
-	return p.do(ctx, func(ctx context.Context) error { return j.work(ctx, args) }, args.Kind())
+	if any(args) == nil {
+		p.stats.addSubmitted()
+		return p.reject(errors.New("bgpool: Job.Do: nil args"))
+	}
+	return p.do(ctx, func(ctx context.Context) error { return j.work(ctx, args) }, args.Kind(), true)
 }
 
 // jobRecord is a submitted Job: as the task's submitted context it carries

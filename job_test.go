@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -262,7 +263,7 @@ func TestShutdownHandsOffQueuedJobs(t *testing.T) {
 
 		require.Error(t, err)
 		assert.ErrorIs(t, err, context.DeadlineExceeded)
-		assert.ErrorContains(t, err, "handed off 10 queued jobs")
+		assert.ErrorContains(t, err, "handed off 10 jobs")
 		require.Equal(t, 1, h.callCount(), "one Handoff call")
 		assert.Len(t, h.jobs(), 10)
 		// The drain ends at the deadline less a fifth of the grace; the
@@ -270,7 +271,9 @@ func TestShutdownHandsOffQueuedJobs(t *testing.T) {
 		assert.WithinDuration(t, start.Add(grace-grace/5), h.at[0], 100*time.Millisecond, "the hand-off began at deadline - reserve")
 		assert.True(t, h.at[0].Before(deadline), "the hand-off began before the deadline")
 		assert.Equal(t, deadline, h.deadlines[0], "the hand-off's context ends at Shutdown's deadline")
-		assert.Less(t, elapsed, grace, "Shutdown returned within its grace")
+		// Running tasks keep their worker until the deadline: the hand-off
+		// takes nothing from them.
+		assert.Less(t, elapsed, grace+100*time.Millisecond, "Shutdown returned at its deadline")
 
 		s := p.Stats()
 		assert.Equal(t, uint64(10), s.HandedOff, "handed off")
@@ -300,7 +303,7 @@ func TestShutdownHandsOffQueuedJobs(t *testing.T) {
 		for _, err := range reported {
 			if errors.Is(err, h.err) {
 				found = true
-				assert.ErrorContains(t, err, "hand-off of 5 queued jobs failed")
+				assert.ErrorContains(t, err, "hand-off of 5 jobs failed")
 			}
 		}
 		assert.True(t, found, "the hand-off's error reached the error handler: %v", reported)
@@ -344,4 +347,72 @@ func TestShutdownHandsOffQueuedJobs(t *testing.T) {
 		assert.Zero(t, h.callCount())
 		assert.Equal(t, uint64(10), p.Stats().Completed)
 	})
+}
+
+func TestJobDoTakesBackAJobThatHasNotStartedWhenCtxEnds(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(4))
+	g := fill(t, p, 1)
+	var ran atomic.Bool
+	job := bgpool.NewJob(func(context.Context, mailArgs) error { ran.Store(true); return nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- job.Do(ctx, p, mailArgs{To: "ada"}) }()
+	waitStats(t, p, func(s bgpool.Stats) bool { return s.Queued == 1 })
+	cancel()
+	assert.ErrorIs(t, receive(t, done, 10*time.Second, "Job.Do"), context.Canceled,
+		"Do returns while the job is still queued")
+	g.open()
+	s := waitStats(t, p, func(s bgpool.Stats) bool { return s.Queued == 0 && s.Running == 0 })
+	assert.False(t, ran.Load(), "the job taken back never runs")
+	assert.Equal(t, uint64(1), s.Dropped, "it is counted Dropped when a worker reaches it")
+	assert.Equal(t, s.Submitted, s.Completed+s.Dropped)
+}
+
+func TestJobDoCancelsARunningJobAndWaitsForItToReturn(t *testing.T) {
+	p := newPool(t, 1)
+	started, release := make(chan struct{}), make(chan struct{})
+	var cause atomic.Value
+	job := bgpool.NewJob(func(ctx context.Context, _ mailArgs) error {
+		close(started)
+		<-ctx.Done()
+		cause.Store(context.Cause(ctx))
+		<-release // the work takes its time to stop
+		return ctx.Err()
+	})
+	why := errors.New("river stops the client")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- job.Do(ctx, p, mailArgs{}) }()
+	<-started
+	cancel(why)
+	select {
+	case err := <-done:
+		t.Fatalf("Job.Do returned %v while its work was still running", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	assert.ErrorIs(t, receive(t, done, 10*time.Second, "Job.Do"), context.Canceled)
+	assert.Equal(t, why, cause.Load(), "the work's ctx is cancelled with the submitter's cause")
+}
+
+func TestJobDoWaitsForItsWorkPastShutdownsDeadline(t *testing.T) {
+	p := newPool(t, 1, quietLogger())
+	started, release := make(chan struct{}), make(chan struct{})
+	job := bgpool.NewJob(func(context.Context, mailArgs) error {
+		close(started)
+		<-release // ignores its context
+		return nil
+	})
+	done := make(chan error, 1)
+	go func() { done <- job.Do(context.Background(), p, mailArgs{}) }()
+	<-started
+	err := shutdownWithin(t, p, time.Millisecond, 10*time.Second)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	select {
+	case err := <-done:
+		t.Fatalf("Job.Do returned %v at the abandonment while its work was still running", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	assert.NoError(t, receive(t, done, 10*time.Second, "Job.Do"))
 }

@@ -3,6 +3,7 @@ package bgpool_test
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -123,4 +124,34 @@ func TestWithRateLimitAndWithLimiterReplaceEachOther(t *testing.T) {
 		t.Fatal("the task waited for the replaced limiter")
 	}
 	assert.Zero(t, l.waits.Load())
+}
+
+type goexitLimiter struct{}
+
+func (goexitLimiter) Wait(context.Context) error   { runtime.Goexit(); return nil }
+func (goexitLimiter) Allow() (bool, time.Duration) { return true, 0 }
+
+func TestALimiterThatCallsGoexitDropsTheTaskAndTellsDo(t *testing.T) {
+	var events []bgpool.TaskEvent
+	var mu sync.Mutex
+	p := newPool(t, 1, quietLogger(), bgpool.WithLimiter(goexitLimiter{}), bgpool.WithObserver(func(ev bgpool.TaskEvent) {
+		mu.Lock()
+		events = append(events, ev)
+		mu.Unlock()
+	}))
+	var ran atomic.Bool
+	done := make(chan error, 1)
+	go func() {
+		done <- p.Do(context.Background(), func(context.Context) error { ran.Store(true); return nil })
+	}()
+	assert.ErrorIs(t, receive(t, done, 5*time.Second, "Do did not return"), bgpool.ErrDropped)
+	shutdown(t, p)
+	assert.False(t, ran.Load())
+	s := p.Stats()
+	assert.Equal(t, uint64(1), s.Dropped, "%+v", s)
+	assert.Equal(t, uint64(0), s.Failed, "%+v", s)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, events, 1)
+	assert.False(t, events[0].Started, "the task never started")
 }

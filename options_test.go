@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"runtime"
 	"sync"
 	"testing"
@@ -359,4 +361,24 @@ func TestTaskTimeoutContextBehavesLikeContextWithDeadline(t *testing.T) {
 		assert.True(t, got.afterFuncRan)
 		require.NoError(t, p.Shutdown(context.Background()))
 	})
+}
+
+func TestTaskTimeoutOfMaxInt64MeansNoLimit(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithTaskTimeout(math.MaxInt64))
+	err := p.Do(context.Background(), func(ctx context.Context) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		d, ok := ctx.Deadline()
+		if !ok || time.Until(d) < 100*365*24*time.Hour {
+			return fmt.Errorf("deadline %v (%v) is not far in the future", d, ok)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+			return nil
+		}
+	})
+	assert.NoError(t, err, "a timeout of MaxInt64 saturates instead of overflowing")
 }

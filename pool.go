@@ -80,7 +80,9 @@ type Pool struct {
 	_      [56]byte
 
 	reaping    atomic.Bool  // the reaper is due
+	waiting    atomic.Int64 // submitters blocked in wait, for Tune
 	handingOff atomic.Int64 // Jobs Shutdown took from the queue to hand off, not yet counted (see handOffQueued)
+	handoffs   handoffs
 
 	stats counters
 
@@ -183,9 +185,9 @@ func (p *Pool) Tune(size int) {
 		p.retireParked()
 		return
 	}
-	// Start a worker for every queued task that the new room lets start
-	// now, and one more for a submitter waiting for room, if any.
-	for need := len(p.queue) + 1; need > 0 && p.activate(); need-- {
+	// Start a worker for every queued task, and for every submitter
+	// waiting for room, that the new room lets start now.
+	for need := len(p.queue) + int(p.waiting.Load()); need > 0 && p.activate(); need-- {
 		p.startWorker(nil)
 	}
 }

@@ -624,3 +624,34 @@ func TestAccountingInvariantUnderConcurrentLoadWithShutdown(t *testing.T) {
 		})
 	}
 }
+
+func TestTuneGrowthReachesWaitingSubmittersWithoutAQueue(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(0))
+	release := hold(t, p)
+	g := newGate(8)
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() { errs <- p.Submit(context.Background(), g.task) }()
+	}
+	waitStats(t, p, func(s bgpool.Stats) bool { return s.Waiting == 8 })
+	p.Tune(100)
+	g.waitStarted(t, 8) // all of them, while the first task still holds its worker
+	for range 8 {
+		assert.NoError(t, <-errs)
+	}
+	g.open()
+	release()
+}
+
+func TestATaskHandedToAStartingWorkerIsCountedAtOnce(t *testing.T) {
+	p := newPool(t, 1000)
+	g := newGate(200)
+	for range 200 {
+		require.NoError(t, p.Submit(context.Background(), g.task))
+	}
+	s := p.Stats()
+	assert.Equal(t, uint64(200), s.Submitted, "%+v", s)
+	assert.Equal(t, 200, s.Queued+s.Running, "%+v", s)
+	assert.Equal(t, 0, s.Waiting, "%+v", s)
+	g.open()
+}

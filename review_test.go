@@ -111,7 +111,7 @@ func TestReviewDeadlineAbandonsATaskThatHonoursItsContext(t *testing.T) {
 
 	err := shutdownWithin(t, p, 20*time.Millisecond, 5*time.Second)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
-	assert.ErrorContains(t, err, "abandoned 1 tasks (0 queued, 1 running)")
+	assert.ErrorContains(t, err, "abandoned 1 task (0 queued, 1 running)")
 	s := waitStats(t, p, func(s bgpool.Stats) bool { return s.Running == 0 })
 	assert.Equal(t, uint64(1), s.Abandoned, "got %+v", s)
 	assert.Zero(t, s.Failed, "got %+v", s)

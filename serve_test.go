@@ -196,7 +196,7 @@ func TestServeAbandonsWhatDoesNotFinishWithinGrace(t *testing.T) {
 		elapsed := time.Since(begin)
 		require.Error(t, err)
 		assert.ErrorIs(t, err, context.DeadlineExceeded)
-		assert.Contains(t, err.Error(), "abandoned 1 tasks")
+		assert.Contains(t, err.Error(), "abandoned 1 task ")
 		assert.GreaterOrEqual(t, elapsed, grace)
 		assert.Less(t, elapsed, grace+2*time.Second)
 		assert.Equal(t, uint64(1), p.Stats().Abandoned)

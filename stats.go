@@ -245,7 +245,7 @@ func (p *Pool) countSlots() (held, executing int) {
 		switch w.state.Load() {
 		case slotHolding:
 			held++
-		case slotRunning:
+		case slotRunning, slotStarting:
 			executing++
 		}
 	}

@@ -19,6 +19,10 @@ import (
 // holding or running counts it, so every task is counted once.
 type slot struct {
 	state atomic.Uint32
+	// held is the task the owner holds while it waits for a rate-limit
+	// token, for taskExited: a limiter that calls runtime.Goexit ends the
+	// goroutine before the task starts.
+	held item
 	// completed counts the tasks completed in this slot when it is a
 	// worker's (see counters): a counter of the worker's own, which its
 	// goroutine alone writes. Slots of CallerRuns tasks use the pool's.
@@ -29,6 +33,7 @@ const (
 	slotIdle      uint32 = iota // no task
 	slotHolding                 // a task taken from the queue that has not started: it waits for a rate-limit token
 	slotRunning                 // a task executing
+	slotStarting                // a task handed to a loop that ants is starting: counted Running
 	slotAbandoned               // Shutdown counted the task Abandoned; the owner counts nothing more
 )
 
@@ -59,16 +64,38 @@ func (p *Pool) activate() bool {
 }
 
 // startWorker starts a worker loop on ants, in a place that activate took,
-// with first as its first task if it is not nil. If the loop cannot start
-// because ants has been released (Shutdown abandoned the pool), first is
-// abandoned and the place given back.
+// with first as its first task if it is not nil. The record is a free one,
+// or a new one.
 func (p *Pool) startWorker(first *item) {
 	p.mu.Lock()
+	var w *worker
+	if n := len(p.free); n > 0 {
+		w, p.free = p.free[n-1], p.free[:n-1]
+	} else {
+		w = &worker{pool: p, wake: make(chan struct{})}
+		w.completed = &w.done.Uint64
+		w.loopFn = w.loop
+		p.all = append(p.all, w)
+	}
+	p.startLoopLocked(w, first)
+}
+
+// startLoopLocked starts a loop on w's record, with first as its first task
+// if it is not nil, and unlocks p.mu. The first task counts Queued (the slot
+// holds it) from now on, so that Stats sees it while ants starts the loop.
+// If the loop cannot start because ants has been released (Shutdown
+// abandoned the pool, or it drained), the place is given back and first
+// abandoned. Requires p.mu.
+func (p *Pool) startLoopLocked(w *worker, first *item) {
 	if p.antsGone {
+		p.free = append(p.free, w)
 		p.mu.Unlock()
 		p.active.Add(-1)
 		if first != nil {
 			p.settle(OutcomeAbandoned, report{ctx: first.ctx, queued: true, at: first.at})
+		}
+		if p.closed.Load() {
+			p.checkDrained()
 		}
 		return
 	}
@@ -82,17 +109,9 @@ func (p *Pool) startWorker(first *item) {
 		p.reaper = time.AfterFunc(time.Hour, p.reap)
 		p.reaper.Stop()
 	}
-	var w *worker
-	if n := len(p.free); n > 0 {
-		w, p.free = p.free[n-1], p.free[:n-1]
-	} else {
-		w = &worker{pool: p, wake: make(chan struct{})}
-		w.completed = &w.done.Uint64
-		w.loopFn = w.loop
-		p.all = append(p.all, w)
-	}
 	if first != nil {
 		w.first, w.hasFirst = *first, true
+		w.state.Store(slotStarting)
 	}
 	err := p.ants.Submit(w.loopFn)
 	p.mu.Unlock()
@@ -153,12 +172,7 @@ func (p *Pool) next(w *worker) (item, bool) {
 			if p.retire(w, closing) {
 				return item{}, false
 			}
-			if w.hasFirst { // retire found a task after all
-				it := w.first
-				w.first, w.hasFirst = item{}, false
-				return it, true
-			}
-			continue
+			continue // a task arrived as w was leaving
 		}
 		p.parked.Add(1)
 		// Checked after counting itself parked: Tune sets the new size first
@@ -214,13 +228,12 @@ const (
 // did. The last worker never retires on a notice, so a submitter waiting
 // for room always has a worker that will come back for its task.
 //
-// Once Shutdown has begun, the retiring worker looks at the queue again
-// after leaving active, with a channel operation (which reads the queue's
-// length atomically): together with admitted, where a submitter fills the
-// queue and then reads active, one of the two sees the other, and no task
-// is left behind. If it finds a task it runs it, even if a new worker has
-// taken its place meanwhile: during a drain the cap may then be exceeded by
-// one for the length of that task.
+// Whatever the reason, the retiring worker looks at the queue again after
+// leaving active: together with admitted, where a submitter fills the queue
+// and then reads active, one of the two sees the other, and no task is left
+// behind while a place is free. If a task is queued and a place is free,
+// the worker takes the place again and stays (retire reports false); if no
+// place is free, the workers that hold them take the task.
 func (p *Pool) retire(w *worker, why retirement) bool {
 	for {
 		n := p.active.Load()
@@ -234,12 +247,8 @@ func (p *Pool) retire(w *worker, why retirement) bool {
 			break
 		}
 	}
-	if why == closing {
-		if it, ok := p.drainOne(); ok { // a task arrived as w was leaving: take it
-			p.active.Add(1)
-			w.first, w.hasFirst = it, true
-			return false
-		}
+	if len(p.queue) > 0 && !p.abandoned.Load() && p.activate() { // a task arrived as w was leaving
+		return false
 	}
 	p.mu.Lock()
 	p.free = append(p.free, w)
@@ -316,26 +325,41 @@ func (p *Pool) wakeParked() {
 	}
 }
 
-// taskExited repairs the books when a task (or the observer or error
-// handler it called) ended its worker's goroutine with runtime.Goexit
-// (t.FailNow in a test, say): the worker's place goes to a new loop, or is
-// given up if the pool has shrunk or is shutting down; then the task, if
-// it was not yet settled, counts Failed. The place is seen to first, since
-// settling calls the observer, which may call Goexit again.
+// taskExited takes over when a task, or the limiter, observer or error
+// handler it reached, ended its worker's goroutine with runtime.Goexit
+// (t.FailNow in a test, say). It settles the task in hand, if it was not
+// settled yet: Failed if it had started, Dropped if it was waiting for its
+// rate-limit token. Then the worker's record and place pass to a new
+// goroutine, which goes on where this one stopped: the queue is never left
+// without the worker it had, during a drain too, and the record is never
+// reused by another loop while this one still counts its task. The hand-over
+// is deferred, since settling calls the observer, which may call Goexit
+// again.
 func (p *Pool) taskExited(w *worker) {
-	p.mu.Lock()
-	p.free = append(p.free, w)
-	p.mu.Unlock()
-	if p.closed.Load() || p.active.Load() > p.workers.Load() {
-		p.active.Add(-1)
-		if p.closed.Load() {
-			p.checkDrained()
-		}
-	} else {
-		p.startWorker(nil)
+	defer p.restart(w)
+	switch w.state.Load() {
+	case slotHolding: // the limiter called Goexit: the task never started
+		it := w.held
+		w.held = item{}
+		p.finish(&w.slot, it, OutcomeDropped, report{queued: true, at: it.at, err: errLimiterGoexit})
+	case slotRunning, slotStarting, slotAbandoned:
+		p.finish(&w.slot, item{}, OutcomeFailed, report{queued: true, started: true, err: errGoexit})
 	}
-	p.finish(&w.slot, item{}, OutcomeFailed, report{queued: true, started: true, err: errGoexit})
+	// slotIdle: the task was settled before the Goexit (in the observer).
 }
+
+// restart gives w's place to a new loop on w's record after its goroutine
+// called runtime.Goexit, or gives the place up if the pool has shrunk meanwhile
+// (with retire's look at the queue).
+func (p *Pool) restart(w *worker) {
+	if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
+		return
+	}
+	p.mu.Lock()
+	p.startLoopLocked(w, nil)
+}
+
+var errLimiterGoexit = errors.New("bgpool: rate limiter called runtime.Goexit; task dropped")
 
 var errGoexit = errors.New("bgpool: task called runtime.Goexit")
 
@@ -348,11 +372,18 @@ func (p *Pool) run(s *slot, it item) {
 			return
 		}
 	} else {
-		s.state.Store(slotRunning)
+		if !s.state.CompareAndSwap(slotIdle, slotRunning) && !s.state.CompareAndSwap(slotStarting, slotRunning) {
+			p.finish(s, it, OutcomeAbandoned, report{queued: true, at: it.at}) // a first task abandoned as its loop started
+			return
+		}
 		if p.abandoned.Load() {
 			p.finish(s, it, OutcomeAbandoned, report{queued: true, at: it.at})
 			return
 		}
+	}
+	if c, ok := it.ctx.(*awaited); ok && !c.claim() { // Job.Do's waiter took it back
+		p.finish(s, it, OutcomeDropped, report{queued: true, at: it.at})
+		return
 	}
 	out, ran, err := p.execute(it, true)
 	p.finish(s, it, out, report{queued: true, started: true, at: it.at, ran: ran, err: err})
@@ -399,7 +430,10 @@ func (p *Pool) finish(s *slot, it item, out Outcome, r report) {
 // for its token, s is holding: Stats counts it Queued, and Shutdown's
 // deadline abandons it (cancelling the wait).
 func (p *Pool) gate(s *slot, it *item) bool {
-	s.state.Store(slotHolding)
+	if !s.state.CompareAndSwap(slotIdle, slotHolding) && !s.state.CompareAndSwap(slotStarting, slotHolding) {
+		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at}) // a first task abandoned as its loop started
+		return false
+	}
 	if p.abandoned.Load() {
 		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
 		return false
@@ -409,7 +443,10 @@ func (p *Pool) gate(s *slot, it *item) bool {
 		return false
 	}
 	if p.limiter != nil {
-		if err := p.waitToken(); err != nil {
+		s.held = *it
+		err := p.waitToken()
+		s.held = item{}
+		if err != nil {
 			if p.abandoned.Load() {
 				p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
 				return false
