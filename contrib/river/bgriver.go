@@ -7,8 +7,9 @@
 //     lost, and a River worker, in this process or another, runs them.
 //   - AddWorker registers a bgpool.Job as River's worker for its kind, and
 //     runs every River job of that kind inside a pool, under the pool's cap,
-//     rate limit, task timeout, accounting and observer. When the pool
-//     refuses it, the job is snoozed, not failed.
+//     rate limit, task timeout, accounting and observer, and never twice at
+//     once. When the pool turns it away for the moment, the job is snoozed
+//     (a bounded number of times), not failed.
 //
 // One args type serves both: bgpool.JobArgs and river.JobArgs are both
 // interface{ Kind() string }, and River stores args as JSON.
@@ -228,10 +229,19 @@ const MaxSnoozes = 10
 // its retry policy, on whichever client fetches it then. A job whose pool
 // Shutdown abandoned returns that error, and River retries it.
 //
+// The worker's Work returns only once the job has ended in p, or has never
+// started and never will, so River never runs it twice at once: when
+// River cancels the job's context (its JobTimeout, Client.StopAndCancel)
+// before the job starts in p, p never runs it and Work returns the context's
+// error; once it has started, the work's context is cancelled too and Work
+// waits for the work to return, and returns its result (bgpool.Job.Do). A
+// work that honours its context thus ends the job early, and River retries
+// it (a timeout uses an attempt; StopAndCancel's cancellation does not). A
+// work that does not keep River's worker slot, and StopAndCancel, until it
+// returns; River then records what it returned, a completion included.
+//
 // Give the River queue at least as many workers (MaxWorkers) as p's size, or
-// River, not p, limits the work. River's JobTimeout bounds the wait for p:
-// when it passes while the job is queued or running in p, River counts a
-// timeout and retries the job, and the task, already in p, still runs.
+// River, not p, limits the work.
 //
 // AddWorker panics, like river.AddWorker, if T's kind is already
 // registered, and if w, p or j is nil.

@@ -197,7 +197,9 @@ func TestDrainHandsOffToRiver(t *testing.T) {
 	defer cancel()
 	err = p.Shutdown(shutdownCtx)
 	require.Error(t, err)
-	assert.ErrorContains(t, err, "handed off 100 queued jobs")
+	var se *bgpool.ShutdownError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, 100, se.HandedOff, "the Shutdown error counts the jobs handed off")
 
 	s := p.Stats()
 	assert.Equal(t, uint64(queued), s.HandedOff, "HandedOff equals the queued count")
