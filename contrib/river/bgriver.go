@@ -259,7 +259,7 @@ type worker[T river.JobArgs] struct {
 }
 
 func (w *worker[T]) Work(ctx context.Context, job *river.Job[T]) error {
-	err := w.job.Do(ctx, w.pool, job.Args)
+	err := w.job.Do(context.WithValue(ctx, jobKey{}, job), w.pool, job.Args)
 	switch {
 	case err == nil:
 		return nil
@@ -284,4 +284,20 @@ func snoozes(metadata []byte) int64 {
 		return 0
 	}
 	return m.Snoozes
+}
+
+// jobKey is the context key under which AddWorker's worker passes River's
+// job to the work.
+type jobKey struct{}
+
+// JobFromContext returns the River job that AddWorker's worker is running,
+// from the context of its work (the context that bgpool.Job's work
+// receives), and false outside such a work or for another args type. With
+// it, and river.ClientFromContext, a work can complete its job in its own
+// transaction (river.JobCompleteTx), together with what it did, so that a
+// rerun after a crash finds the record; see the README. It does not block
+// and is safe for concurrent use.
+func JobFromContext[T river.JobArgs](ctx context.Context) (*river.Job[T], bool) {
+	job, ok := ctx.Value(jobKey{}).(*river.Job[T])
+	return job, ok
 }
