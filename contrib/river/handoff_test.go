@@ -3,7 +3,10 @@ package bgriver_test
 import (
 	"context"
 	"errors"
+	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/riverqueue/river"
 	"github.com/stretchr/testify/assert"
@@ -182,4 +185,56 @@ func TestHandoffWithoutUniqueJobsStoresARetryTwice(t *testing.T) {
 	rows, err := countJobs(ctx, db, schema, mailKind, "")
 	require.NoError(t, err)
 	assert.Equal(t, 2, rows, "without UniqueOpts a retried hand-off stores the job again: what the README warns of")
+}
+
+func TestDrainHandsOffEveryJobButTheRefusedOne(t *testing.T) {
+	db, schema := testSchema(t)
+	ctx := context.Background()
+	var mu sync.Mutex
+	var handled []error
+	p, err := bgpool.New(1,
+		bgpool.WithQueueSize(100),
+		bgpool.WithHandoff(bgriver.NewHandoff(insertOnlyClient(t, db, schema), nil)),
+		bgpool.WithErrorHandler(func(_ context.Context, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			handled = append(handled, err)
+		}),
+	)
+	require.NoError(t, err)
+	started := make(chan struct{})
+	blocker := bgpool.NewJob(func(ctx context.Context, _ noteArgs) error {
+		close(started)
+		<-ctx.Done() // the one worker is busy until Shutdown gives up
+		return ctx.Err()
+	})
+	require.NoError(t, blocker.Submit(ctx, p, noteArgs{}))
+	<-started
+	work := bgpool.NewJob(func(context.Context, mailArgs) error { return nil })
+	bad := bgpool.NewJob(func(context.Context, badArgs) error { return nil })
+	for i := range 99 {
+		if i == 40 {
+			require.NoError(t, bad.Submit(ctx, p, badArgs{}))
+		}
+		require.NoError(t, work.Submit(ctx, p, mailArgs{N: i}))
+	}
+	require.Equal(t, 100, p.Stats().Queued)
+
+	shutdownCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	err = p.Shutdown(shutdownCtx)
+	var se *bgpool.ShutdownError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, 99, se.HandedOff, "every job but the refused one handed off")
+	s := p.Stats()
+	assert.Equal(t, uint64(99), s.HandedOff)
+	assert.Equal(t, uint64(2), s.Abandoned, "the running job and the refused one")
+	rows, err := countJobs(ctx, db, schema, mailKind, "available")
+	require.NoError(t, err)
+	assert.Equal(t, 99, rows, "River's table holds the 99")
+	mu.Lock()
+	defer mu.Unlock()
+	var je *bgpool.JobError
+	assert.True(t, slices.ContainsFunc(handled, func(e error) bool { return errors.As(e, &je) }),
+		"the error handler hears of the refused job: %v", handled)
 }
