@@ -131,18 +131,20 @@ func BenchmarkInsertChunk(b *testing.B) {
 
 // BenchmarkHandoff100k measures what Shutdown's hand-off of 100,000 queued
 // Jobs costs: the jobs go to River in chunks, one call per chunk, from one
-// goroutine or several at once. It reports the seconds for the 100,000.
+// goroutine or two at once, with InsertMany, InsertManyFast or NewHandoff.
+// It reports the seconds for the 100,000.
 func BenchmarkHandoff100k(b *testing.B) {
 	const total = 100_000
-	for _, method := range []string{"InsertMany", "InsertManyFast"} {
+	for _, method := range []string{"InsertMany", "InsertManyFast", "NewHandoff"} {
 		for _, chunk := range []int{1000, 5000} {
-			for _, par := range []int{1, 2, 4} {
+			for _, par := range []int{1, 2} {
 				b.Run(fmt.Sprintf("method=%s/chunk=%d/goroutines=%d", method, chunk, par), func(b *testing.B) {
 					db, schema := benchSchema(b)
 					c, err := river.NewClient(riverpgxv5.New(db), &river.Config{Schema: schema})
 					if err != nil {
 						b.Fatal(err)
 					}
+					h := bgriver.NewHandoff(c, nil)
 					ctx := context.Background()
 					var n int64
 					b.ReportAllocs()
@@ -166,10 +168,17 @@ func BenchmarkHandoff100k(b *testing.B) {
 							go func() {
 								for params := range chunks {
 									var err error
-									if method == "InsertMany" {
+									switch method {
+									case "InsertMany":
 										_, err = c.InsertMany(ctx, params)
-									} else {
+									case "InsertManyFast":
 										_, err = c.InsertManyFast(ctx, params)
+									default:
+										jobs := make([]bgpool.JobArgs, len(params))
+										for i, p := range params {
+											jobs[i] = p.Args
+										}
+										err = h.Handoff(ctx, jobs)
 									}
 									if err != nil {
 										errs <- err
