@@ -34,7 +34,14 @@ type submitMode uint8
 const (
 	applyPolicy submitMode = iota // Submit: the pool's Policy decides
 	neverWait                     // TrySubmit: reject it
+	keptFast                      // a kept task (WithAfterResponse): leave it unsettled for a goroutine (errKept)
 )
+
+// errKept is submit's answer in keptFast mode for a task that found no room
+// at once: counted Submitted but not settled, it goes to overflowKept on a
+// goroutine of its own, so that no policy (a hand-off, CallerRuns) holds
+// the response.
+var errKept = errors.New("bgpool: kept task needs the policy")
 
 // submit is the hot path: count the call, and hand the task to the queue
 // (or straight to a parked worker) if it has room. Everything else is in
@@ -102,6 +109,9 @@ func (p *Pool) overflow(ctx context.Context, it item, mode submitMode) error {
 	}
 	if mode == neverWait {
 		return p.reject(ErrOverloaded)
+	}
+	if mode == keptFast {
+		return errKept
 	}
 	if p.block {
 		// What Block does through an Overflow, without allocating one.

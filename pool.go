@@ -83,6 +83,7 @@ type Pool struct {
 	waiting    atomic.Int64 // submitters blocked in wait, for Tune
 	handingOff atomic.Int64 // Jobs Shutdown took from the queue to hand off, not yet counted (see handOffQueued)
 	handoffs   handoffs
+	handlers   handlers // requests in a handler behind Middleware, for Serve
 
 	stats counters
 

@@ -2,6 +2,7 @@ package bgpool
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"time"
 )
@@ -264,8 +265,10 @@ func (p *Pool) countShed() { p.stats.shed.Add(1) }
 // discarded, never submitted, because the handler panicked: each is counted
 // Submitted and Dropped, so that Stats' sum still adds up.
 func (p *Pool) countDiscarded(tasks []item) {
-	for range tasks {
+	for _, it := range tasks {
 		p.stats.addSubmitted()
-		p.settle(OutcomeDropped, report{})
+		err := errors.New("bgpool: task kept for after the response discarded: the handler panicked")
+		p.handleError(it.ctx, err)
+		p.settle(OutcomeDropped, report{err: err})
 	}
 }
