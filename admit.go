@@ -201,7 +201,17 @@ func (p *Pool) closingShard() <-chan struct{} {
 	return p.closingShards[rand.Uint32()%uint32(len(p.closingShards))]
 }
 
-// dropOldest is Overflow.DropOldest.
+// maxDropOldestTries bounds how many queued tasks one DropOldest may drop
+// while later submitters keep taking the room it makes, each of whose
+// tasks has displaced one then; past it the new task is dropped.
+const maxDropOldestTries = 1000
+
+// dropOldest is Overflow.DropOldest. It drops the oldest queued task to
+// make room for it, and if a submitter that came later took that room,
+// the next oldest, so that the new task is dropped only when the queue has
+// nothing older to drop (WithQueueSize(0)). p.mu keeps DropOldest callers
+// in line with each other and with Shutdown: once the pool is closed, it
+// takes nothing out of the queue that the drain would run.
 func (p *Pool) dropOldest(it item) error {
 	if p.closed.Load() {
 		return p.reject(ErrClosed)
@@ -218,20 +228,36 @@ func (p *Pool) dropOldest(it item) error {
 	if p.admitByStarting(it) {
 		return nil
 	}
-	if old, ok := p.takeTask(); ok {
+	var dropped []item
+	queued := false
+	p.mu.Lock()
+	if p.closed.Load() {
+		p.mu.Unlock()
+		return p.reject(ErrClosed)
+	}
+	for range maxDropOldestTries {
+		old, ok := p.takeTask()
+		if !ok { // nothing older to drop: this task is the oldest
+			break
+		}
+		dropped = append(dropped, old)
+		select {
+		case p.queue <- it:
+			queued = true
+		default: // a submitter that came later took the room: drop the next oldest
+			continue
+		}
+		break
+	}
+	p.mu.Unlock()
+	for _, old := range dropped {
 		p.settle(OutcomeDropped, report{ctx: old.ctx, queued: true, at: old.at})
-	} else { // the queue holds nothing to drop (WithQueueSize(0)): this task is the oldest
+	}
+	if !queued {
 		p.settle(OutcomeDropped, report{ctx: it.ctx})
 		return nil
 	}
-	select {
-	case p.queue <- it:
-		p.admitted()
-	default:
-		// A submitter waiting for room (Overflow.Wait) took the room: it was
-		// first, so this task is dropped as well.
-		p.settle(OutcomeDropped, report{ctx: it.ctx})
-	}
+	p.admitted()
 	return nil
 }
 

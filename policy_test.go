@@ -276,3 +276,34 @@ func TestOverflowActionsSettleOnlyOnce(t *testing.T) {
 	assert.Equal(t, uint64(1), s.Dropped)
 	assert.Equal(t, uint64(0), s.Rejected)
 }
+
+func TestDropOldestDropsAnOlderTaskWhenALaterSubmitterTakesTheRoom(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(1), bgpool.WithPolicy(bgpool.DropOldest))
+	release := hold(t, p)
+	defer release()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { // a later submitter that takes any room at once
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_ = p.TrySubmit(context.Background(), noop)
+			}
+		}
+	})
+	ownDropped := 0
+	for range 2000 {
+		f, err := bgpool.Submit(context.Background(), p, func(context.Context) (int, error) { return 0, nil })
+		require.NoError(t, err)
+		select {
+		case <-f.Done(): // settled during its own Submit: dropped, although an older task was queued
+			ownDropped++
+		default:
+		}
+	}
+	close(stop)
+	wg.Wait()
+	assert.Zero(t, ownDropped, "DropOldest dropped the new task while older ones were queued")
+}

@@ -538,13 +538,20 @@ func (p *Pool) execute(it item, queued bool) (out Outcome, ran time.Duration, er
 	if err == nil {
 		return OutcomeCompleted, ran, nil
 	}
-	if !p.abandoned.Load() {
+	if !p.abandoned.Load() && !echoesGroup(it, err) {
 		p.handleError(ctx, err)
 	}
 	if isPanic {
 		return OutcomePanicked, ran, err
 	}
 	return OutcomeFailed, ran, err
+}
+
+// echoesGroup reports whether it is a Group's task whose err only echoes a
+// sibling's failure (see Group).
+func echoesGroup(it item, err error) bool {
+	c, ok := it.ctx.(*awaited)
+	return ok && c.group != nil && c.group.echoes(c, err)
 }
 
 // call runs task, turning a panic into a *PanicError.
