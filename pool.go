@@ -85,6 +85,10 @@ type Pool struct {
 	handoffs   handoffs
 	handlers   handlers // requests in a handler behind Middleware, for Serve
 
+	releasing     atomic.Bool   // release waits for the worker loops to return
+	loopsGone     chan struct{} // closed when they have (see left)
+	loopsGoneOnce sync.Once
+
 	stats counters
 
 	doneOnce    sync.Once
@@ -156,6 +160,7 @@ func New(size int, opts ...Option) (*Pool, error) {
 
 		abandonedCh: make(chan struct{}),
 		released:    make(chan struct{}),
+		loopsGone:   make(chan struct{}),
 		callers:     make(map[*slot]struct{}),
 	}
 	for i := range p.closingShards {

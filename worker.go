@@ -91,6 +91,7 @@ func (p *Pool) startLoopLocked(w *worker, first *item) {
 		p.free = append(p.free, w)
 		p.mu.Unlock()
 		p.active.Add(-1)
+		p.left()
 		if first != nil {
 			p.settle(OutcomeAbandoned, report{ctx: first.ctx, queued: true, at: first.at})
 		}
@@ -253,6 +254,7 @@ func (p *Pool) retire(w *worker, why retirement) bool {
 	p.mu.Lock()
 	p.free = append(p.free, w)
 	p.mu.Unlock()
+	p.left()
 	if why == closing {
 		p.checkDrained()
 	}
