@@ -82,7 +82,7 @@ func TestASlowLimiterDoesNotHoldShutdownPastItsDeadline(t *testing.T) {
 	assert.Less(t, time.Since(begin), time.Second, "Shutdown returns by its deadline")
 	s := p.Stats()
 	assert.Equal(t, uint64(1), s.Abandoned, "the task waiting for its token is abandoned: %+v", s)
-	assert.Equal(t, s.Submitted, settled(s))
+	assert.Equal(t, s.Submitted, s.Ended())
 	require.Eventually(t, func() bool { _, ok := seen.Load(bgpool.OutcomeAbandoned); return ok }, 5*time.Second, time.Millisecond)
 }
 
@@ -99,7 +99,7 @@ func TestAFailingLimiterDropsTheTaskAndReportsIt(t *testing.T) {
 	assert.False(t, ran)
 	s := p.Stats()
 	assert.Equal(t, uint64(1), s.Dropped)
-	assert.Equal(t, s.Submitted, settled(s))
+	assert.Equal(t, s.Submitted, s.Ended())
 	err, _ := handled.Load().(error)
 	assert.ErrorIs(t, err, boom)
 }

@@ -62,7 +62,7 @@ func TestBlockIsInterruptedByShutdown(t *testing.T) {
 	require.NoError(t, <-shut)
 	s := p.Stats()
 	assert.Equal(t, uint64(1), s.Rejected)
-	assert.Equal(t, s.Submitted, settled(s))
+	assert.Equal(t, s.Submitted, s.Ended())
 }
 
 func TestBlockAdmitsWaitersInFIFOOrder(t *testing.T) {

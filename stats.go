@@ -36,6 +36,13 @@ type Stats struct {
 	Shed uint64 // requests answered 503 by Middleware's WithShedding; requests, not tasks, so not part of the sum above
 }
 
+// Ended returns how many tasks reached an outcome: Completed + Failed +
+// Panicked + Dropped + Rejected + Abandoned + HandedOff. Every snapshot
+// satisfies Submitted == s.Ended() + Queued + Running.
+func (s Stats) Ended() uint64 {
+	return s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned + s.HandedOff
+}
+
 // counters are a pool's outcome counters, each on its own cache line. The
 // one that changes with nearly every task on the workers' side, Completed,
 // is counted by each worker in a counter of its own (worker.done), which
@@ -191,7 +198,7 @@ func (p *Pool) Stats() Stats {
 			Abandoned: p.stats.load(OutcomeAbandoned),
 			HandedOff: p.stats.load(OutcomeHandedOff),
 		}
-		ended = s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned + s.HandedOff
+		ended = s.Ended()
 		// Slots before the queue: a task moves from the queue to a slot,
 		// so read in this order it is seen at most once.
 		held, executing = p.countSlots()
