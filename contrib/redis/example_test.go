@@ -43,7 +43,7 @@ func Example() {
 		log.Fatal(err)
 	}
 
-	st := lim.(*bgredis.Limiter).Stats()
+	st := lim.Stats()
 	fmt.Println("completed:", p.Stats().Completed)
 	fmt.Println("Redis down:", st.Down, "errors:", st.RedisErrors)
 	// Output:
@@ -77,11 +77,30 @@ func ExampleWithFailClosed() {
 		log.Fatal(err)
 	}
 
-	st := lim.(*bgredis.Limiter).Stats()
+	st := lim.Stats()
 	fmt.Println("dropped:", p.Stats().Dropped)
 	fmt.Println("Redis down:", st.Down, "refused:", st.FallbackRefused)
 	// Output:
 	// unavailable: true
 	// dropped: 1
 	// Redis down: true refused: 1
+}
+
+// A handler that must answer at once asks Allow, which never waits for a
+// token: here two requests a minute may call a partner's API, and the third
+// is turned away with the time until the next token.
+func ExampleLimiter_Allow() {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", ContextTimeoutEnabled: true})
+	defer rdb.Close()
+
+	key := "partner-api:" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	lim := bgredis.NewLimiter(rdb, key, redis_rate.PerMinute(2))
+	for range 3 {
+		ok, retryAfter := lim.Allow()
+		fmt.Println("allowed:", ok, "retry within a minute:", retryAfter > 0 && retryAfter <= time.Minute)
+	}
+	// Output:
+	// allowed: true retry within a minute: false
+	// allowed: true retry within a minute: false
+	// allowed: false retry within a minute: true
 }

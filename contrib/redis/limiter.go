@@ -70,15 +70,16 @@ const minRetry = 100 * time.Microsecond
 
 // NewLimiter returns a Limiter that allows limit's rate of tasks across all
 // processes that use key on the Redis that rdb reaches (redis_rate stores it
-// as "rate:"+key). The result is a *Limiter; assert it to read Stats. It
-// makes no call to Redis until the first decision.
+// as "rate:"+key). It makes no call to Redis until the first decision. The
+// result serves bgpool.WithLimiter, and its Allow and Stats serve callers
+// of their own (a handler that must decide at once, a health endpoint).
 //
 // NewLimiter returns no error, so bad input is a programming error that it
 // reports at once with a panic whose message starts with "bgredis:": a nil
 // rdb (also a typed nil), an empty key, a limit whose Rate, Burst or Period
 // is not positive (redis_rate would then refuse every task, or divide by
 // zero), a nil option or an invalid one.
-func NewLimiter(rdb redis.UniversalClient, key string, limit redis_rate.Limit, opts ...Option) bgpool.Limiter {
+func NewLimiter(rdb redis.UniversalClient, key string, limit redis_rate.Limit, opts ...Option) *Limiter {
 	if isNil(rdb) {
 		panic("bgredis: NewLimiter: the Redis client must not be nil")
 	}

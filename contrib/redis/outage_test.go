@@ -115,7 +115,7 @@ func TestRedisKilledMidRun(t *testing.T) {
 			logs := new(logRecorder)
 			lim := bgredis.NewLimiter(rdb, uniqueKey(t), redis_rate.PerSecond(perSecond), tt.opt,
 				bgredis.WithTimeout(outageTimeout), bgredis.WithProbeInterval(outageProbe), bgredis.WithLogger(slog.New(logs)))
-			stats := lim.(*bgredis.Limiter).Stats
+			stats := lim.Stats
 			p := newPool(t, outageWorkers, lim, bgpool.WithQueueSize(16))
 			var starts atomic.Int64
 			task := func(context.Context) error {
@@ -204,7 +204,7 @@ func TestRedisStopsAnswering(t *testing.T) {
 			assert.ErrorIs(t, err, context.DeadlineExceeded, "the cause: the timeout of the last call")
 			assert.Less(t, time.Since(start), 10*time.Millisecond, "while down, no call waits for Redis")
 
-			st := lim.(*bgredis.Limiter).Stats()
+			st := lim.Stats()
 			assert.True(t, st.Down)
 			assert.Equal(t, uint64(1), st.RedisErrors)
 			assert.Equal(t, uint64(2), st.FallbackRefused)
@@ -221,7 +221,7 @@ func TestRedisUnreachableFromTheStart(t *testing.T) {
 		rdb := redis.NewClient(&redis.Options{Addr: addr})
 		t.Cleanup(func() { _ = rdb.Close() })
 		opts = append(opts, bgredis.WithTimeout(outageTimeout), bgredis.WithProbeInterval(time.Hour), bgredis.WithLogger(slog.New(logs)))
-		return bgredis.NewLimiter(rdb, uniqueKey(t), redis_rate.PerSecond(10), opts...).(*bgredis.Limiter)
+		return bgredis.NewLimiter(rdb, uniqueKey(t), redis_rate.PerSecond(10), opts...)
 	}
 
 	t.Run("by default decides at the limit's rate in this process", func(t *testing.T) {
