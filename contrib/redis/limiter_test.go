@@ -67,9 +67,9 @@ func TestAllow(t *testing.T) {
 		assert.True(t, st.Down)
 		assert.Equal(t, uint64(1), st.RedisErrors)
 		assert.Equal(t, uint64(1), st.FallbackAllowed)
-		require.Error(t, st.LastError)
-		assert.Contains(t, st.LastError.Error(), "WRONGTYPE")
-		assert.Equal(t, 1, logs.count(logDown))
+		assert.Equal(t, bgredis.CauseRedis, st.LastCause)
+		assert.Contains(t, st.LastError, "Redis answered with an error: WRONGTYPE")
+		assert.Equal(t, 1, logs.count("WARN bgredis: Redis answered with an error; "+logDown), "the log:\n%s", logs)
 	})
 }
 

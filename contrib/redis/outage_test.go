@@ -142,7 +142,8 @@ func TestRedisKilledMidRun(t *testing.T) {
 			assert.Positive(t, ls.RedisErrors, "RedisErrors")
 			assert.LessOrEqual(t, ls.RedisErrors, uint64(2*down/outageProbe+outageWorkers),
 				"got %d Redis errors in %v, want about one per probe interval of %v", ls.RedisErrors, elapsed, outageProbe)
-			assert.Error(t, ls.LastError)
+			assert.Contains(t, []bgredis.Cause{bgredis.CauseRefused, bgredis.CauseNetwork}, ls.LastCause,
+				"a killed server refuses new connections and resets open ones; the last error: %s", ls.LastError)
 			assert.Equal(t, 1, logs.count(logDown), "the outage is logged once")
 			assert.Zero(t, logs.count(logBack))
 			tt.checkDown(t, starts.Load()-atKill, elapsed, p.Stats(), ls)
@@ -208,7 +209,9 @@ func TestRedisStopsAnswering(t *testing.T) {
 			assert.True(t, st.Down)
 			assert.Equal(t, uint64(1), st.RedisErrors)
 			assert.Equal(t, uint64(2), st.FallbackRefused)
-			assert.Equal(t, 1, logs.count(logDown))
+			assert.Equal(t, bgredis.CauseTimeout, st.LastCause)
+			assert.Equal(t, fmt.Sprintf("no answer from Redis within %v: context deadline exceeded", outageTimeout), st.LastError)
+			assert.Equal(t, 1, logs.count("WARN bgredis: Redis did not answer in time; "+logDown), "the log:\n%s", logs)
 		})
 	}
 }
@@ -239,10 +242,11 @@ func TestRedisUnreachableFromTheStart(t *testing.T) {
 		require.NoError(t, lim.Wait(context.Background()), "Wait takes the fallback's next token")
 
 		assert.Equal(t, bgredis.Stats{
-			Down: true, Outages: 1, RedisErrors: 1, FallbackAllowed: 11, LastError: lim.Stats().LastError,
+			Down: true, Outages: 1, RedisErrors: 1, FallbackAllowed: 11,
+			LastCause: bgredis.CauseRefused, LastError: lim.Stats().LastError,
 		}, lim.Stats(), "one Redis call, then the fallback until the next probe")
-		assert.Error(t, lim.Stats().LastError)
-		assert.Equal(t, 1, logs.count(logDown))
+		assert.Contains(t, lim.Stats().LastError, "connect: connection refused")
+		assert.Equal(t, 1, logs.count("WARN bgredis: Redis refused the connection; "+logDown), "the log:\n%s", logs)
 	})
 
 	t.Run("fails open", func(t *testing.T) {
