@@ -163,6 +163,31 @@ func (w *dialWatch) DialHook(next redis.DialHook) redis.DialHook {
 	}
 }
 
+// watchDials returns a dialWatch on rdb's dials, where go-redis lets one
+// be added: on a Client itself, on each node that a ClusterClient makes from
+// now on (nodes it made before are not watched), on each shard of a Ring
+// that is up now or that it makes later. It returns nil for a client of
+// another type.
+func watchDials(rdb redis.UniversalClient) *dialWatch {
+	w := new(dialWatch)
+	add := func(c *redis.Client) { c.AddHook(w) }
+	switch c := rdb.(type) {
+	case *redis.Client:
+		add(c)
+	case *redis.ClusterClient:
+		c.OnNewNode(add)
+	case *redis.Ring:
+		c.OnNewNode(add) // a shard made between this and ForEachShard is watched twice, which counts each dial twice and changes nothing
+		_ = c.ForEachShard(context.Background(), func(_ context.Context, shard *redis.Client) error {
+			add(shard)
+			return nil
+		})
+	default:
+		return nil
+	}
+	return w
+}
+
 // ProcessHook leaves commands alone: nil adds no wrapper.
 func (*dialWatch) ProcessHook(redis.ProcessHook) redis.ProcessHook { return nil }
 

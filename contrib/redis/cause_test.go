@@ -50,13 +50,14 @@ func TestFailuresNameTheirCause(t *testing.T) {
 	refusedAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // nothing listens there
 
 	tests := []struct {
-		name  string
-		opts  redis.Options
-		close bool // close the client before the call
-		level slog.Level
-		log   string // what the log line says happened
-		cause string // Stats' cause, as JSON gives it
-		err   string // the real error, in the log line and in Stats
+		name      string
+		opts      redis.Options
+		newClient func(redis.Options) redis.UniversalClient // nil: redis.NewClient
+		close     bool                                      // close the client before the call
+		level     slog.Level
+		log       string // what the log line says happened
+		cause     string // Stats' cause, as JSON gives it
+		err       string // the real error, in the log line and in Stats
 	}{
 		{
 			name:  "a wrong password is a configuration error: Redis rejected the credentials",
@@ -107,10 +108,37 @@ func TestFailuresNameTheirCause(t *testing.T) {
 			cause: "refused",
 			err:   "connect: connection refused",
 		},
+		{
+			name: "a refused connection says so, on a ClusterClient",
+			opts: redis.Options{Addr: refusedAddr},
+			newClient: func(o redis.Options) redis.UniversalClient {
+				return redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{o.Addr}})
+			},
+			level: slog.LevelWarn,
+			log:   "Redis refused the connection",
+			cause: "refused",
+			err:   "connect: connection refused",
+		},
+		{
+			name: "a refused connection says so, on a Ring",
+			opts: redis.Options{Addr: refusedAddr},
+			newClient: func(o redis.Options) redis.UniversalClient {
+				return redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"shard": o.Addr}})
+			},
+			level: slog.LevelWarn,
+			log:   "Redis refused the connection",
+			cause: "refused",
+			err:   "connect: connection refused",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			rdb := redis.NewClient(&tt.opts)
+			var rdb redis.UniversalClient
+			if tt.newClient != nil {
+				rdb = tt.newClient(tt.opts)
+			} else {
+				rdb = redis.NewClient(&tt.opts)
+			}
 			t.Cleanup(func() { _ = rdb.Close() })
 			logs := new(logRecorder)
 			lim := bgredis.NewLimiter(rdb, uniqueKey(t), redis_rate.PerSecond(10),

@@ -61,8 +61,8 @@ type Limiter struct {
 	// inline is whether Redis calls run on the caller's goroutine: only
 	// when the client stops a call at its context's deadline.
 	inline bool
-	// dials notes the dials of a *redis.Client, so that a call the timeout
-	// ends can say why; nil for other clients.
+	// dials notes the client's dials, so that a call the timeout ends can
+	// say why; nil for a client of another type.
 	dials *dialWatch
 
 	health
@@ -79,12 +79,14 @@ const minRetry = 100 * time.Microsecond
 // result serves bgpool.WithLimiter, and its Allow and Stats serve callers
 // of their own (a handler that must decide at once, a health endpoint).
 //
-// For a *redis.Client (NewClient, NewFailoverClient), NewLimiter adds a
-// hook to rdb that notes its dials, so that a call the timeout ends while
-// the client is still dialling (go-redis retries a refused dial for some
-// 400ms) reports the dial's error, "connection refused", rather than no
-// answer. The hook wraps dials only, never commands. Make a Limiter once
-// per key, not per request: each adds a hook.
+// NewLimiter adds a hook to rdb that notes its dials, so that a call the
+// timeout ends while the client is still dialling (go-redis retries a
+// refused dial for some 400ms) reports the dial's error, "connection
+// refused", rather than no answer: on a *redis.Client (NewClient,
+// NewFailoverClient), on each node a *redis.ClusterClient makes from then
+// on, on each shard of a *redis.Ring that is up or made later. The hook
+// wraps dials only, never commands. Make a Limiter once per key, not per
+// request: each adds a hook.
 //
 // NewLimiter returns no error, so bad input is a programming error that it
 // reports at once with a panic whose message starts with "bgredis:": a nil
@@ -118,10 +120,7 @@ func NewLimiter(rdb redis.UniversalClient, key string, limit redis_rate.Limit, o
 		opts:   o,
 		inline: endsAtDeadline(rdb),
 	}
-	if c, ok := rdb.(*redis.Client); ok {
-		l.dials = new(dialWatch)
-		c.AddHook(l.dials)
-	}
+	l.dials = watchDials(rdb)
 	if o.mode == fallbackRate {
 		l.local = rate.NewLimiter(o.fallback, o.fallbackBurst)
 	}
