@@ -92,10 +92,11 @@ func (l *Limiter) claimProbe() bool {
 
 // failed counts the failure of a Redis call that began at began and, if
 // Redis was up, takes it as down and logs that once, with the cause: at
-// Error level for a configuration error, else at Warn. A call that began before
-// Redis last answered changes nothing but the counters: the answer is the
-// fresher news. (Without that rule a probe left waiting through a restart
-// would report Redis down again just after another had found it back.)
+// Error level for a configuration error, else at Warn. A call that began
+// before Redis last answered changes nothing but the counters: the answer
+// is the fresher news. (Without that rule a probe left waiting through a
+// restart would report Redis down again just after another had found it
+// back.)
 func (l *Limiter) failed(f *failure, began int64) {
 	l.redisErrors.Add(1)
 	l.lastErr.Store(f)
