@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync/atomic"
 	"syscall"
@@ -50,6 +51,15 @@ const (
 // permissions or a closed client, which Redis coming back does not mend.
 func (c Cause) IsConfig() bool {
 	return c == CauseAuth || c == CausePermission || c == CauseClosed
+}
+
+// level is the level of the log line that reports c: Error for a
+// configuration error, Warn for an outage.
+func (c Cause) level() slog.Level {
+	if c.IsConfig() {
+		return slog.LevelError
+	}
+	return slog.LevelWarn
 }
 
 // summary is what happened, as the log's message says it.

@@ -333,3 +333,35 @@ func TestGoRedisLoggerIsLeftAlone(t *testing.T) {
 	assert.Contains(t, string(out), "redis: connection pool: failed to dial after", "go-redis' own line")
 	assert.Contains(t, string(out), "bgredis: Redis refused the connection", "the Limiter's line")
 }
+
+// TestTurnToAConfigurationErrorIsLogged starts with nothing on the port,
+// then starts a redis-server there that requires a password the client
+// does not give: the outage, logged as a refused connection, turns into a
+// configuration error, which the log reports once more, at Error level.
+func TestTurnToAConfigurationErrorIsLogged(t *testing.T) {
+	port := freePort(t)
+	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
+	t.Cleanup(func() { _ = rdb.Close() })
+	logs := new(logRecorder)
+	lim := bgredis.NewLimiter(rdb, uniqueKey(t), redis_rate.PerSecond(1000),
+		bgredis.WithTimeout(outageTimeout), bgredis.WithProbeInterval(outageProbe), bgredis.WithLogger(slog.New(logs)))
+	lim.Allow()
+	require.Equal(t, 1, logs.count("WARN bgredis: Redis refused the connection; deciding without Redis"), "the log:\n%s", logs)
+
+	startRedisWithPassword(t, port, serverPassword)
+	deadline := time.Now().Add(5 * time.Second)
+	for lim.Stats().LastCause != bgredis.CauseAuth && time.Now().Before(deadline) {
+		lim.Allow() // one decision per probe interval asks Redis
+		time.Sleep(5 * time.Millisecond)
+	}
+	for range 3 { // more probes that fail the same way log nothing more
+		time.Sleep(outageProbe)
+		lim.Allow()
+	}
+	st := lim.Stats()
+	assert.Equal(t, bgredis.CauseAuth, st.LastCause, "the last error: %s", st.LastError)
+	assert.Equal(t, uint64(1), st.Outages, "one outage, whose cause changed")
+	assert.Equal(t, 2, logs.count("bgredis:"), "the log:\n%s", logs)
+	assert.Equal(t, 1, logs.count("ERROR bgredis: Redis rejected the credentials; still deciding without Redis"), "the log:\n%s", logs)
+	assert.Equal(t, 1, logs.count("was=refused"), "the log:\n%s", logs)
+}

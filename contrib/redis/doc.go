@@ -38,7 +38,8 @@
 // downstream answers 429 and the task retries); a dropped task is not.
 //
 // Each change between up and down is logged once (WithLogger), with the
-// cause: the credentials, a refused connection, a timeout, an error answer.
+// cause: the credentials, a refused connection, a timeout, an error answer;
+// so is an outage that turns into a configuration error or out of one.
 // Limiter.Stats counts Redis errors, outages and the decisions made without
 // Redis, and gives the last cause and error; it marshals to JSON.
 //

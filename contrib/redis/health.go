@@ -16,6 +16,7 @@ type health struct {
 	nextProbe  atomic.Int64 // from when one decision may ask Redis again while down
 	lastAnswer atomic.Int64 // when Redis last answered a call
 	lastErr    atomic.Pointer[failure]
+	logged     atomic.Pointer[failure] // the failure the log last gave for this outage; nil while up
 
 	outages         atomic.Uint64
 	redisErrors     atomic.Uint64
@@ -96,11 +97,17 @@ func (l *Limiter) claimProbe() bool {
 // before Redis last answered changes nothing but the counters: the answer
 // is the fresher news. (Without that rule a probe left waiting through a
 // restart would report Redis down again just after another had found it
-// back.)
+// back.) While down, a failure logs again only when it turns the outage
+// into a configuration error or out of one (Redis restarted with a
+// password, say): another change of cause is an outage going on.
 func (l *Limiter) failed(f *failure, began int64) {
 	l.redisErrors.Add(1)
 	l.lastErr.Store(f)
-	if l.down.Load() || began < l.lastAnswer.Load() {
+	if began < l.lastAnswer.Load() {
+		return
+	}
+	if l.down.Load() {
+		l.causeChanged(f)
 		return
 	}
 	t := now()
@@ -110,15 +117,31 @@ func (l *Limiter) failed(f *failure, began int64) {
 		return
 	}
 	l.outages.Add(1)
-	level := slog.LevelWarn
-	if f.cause.IsConfig() {
-		level = slog.LevelError
-	}
-	l.opts.logger.LogAttrs(context.Background(), level, "bgredis: "+f.cause.summary()+"; deciding without Redis until a probe succeeds",
+	l.logged.Store(f)
+	l.opts.logger.LogAttrs(context.Background(), f.cause.level(), "bgredis: "+f.cause.summary()+"; deciding without Redis until a probe succeeds",
 		slog.String("key", l.key),
 		slog.String("mode", l.opts.mode.String()),
 		slog.Duration("probe_every", l.opts.probeInterval),
 		slog.String("cause", string(f.cause)),
+		slog.String("error", f.detail()),
+	)
+}
+
+// causeChanged logs f, a failure while Redis is down, if it turns the
+// outage into a configuration error or out of one, once per such change.
+func (l *Limiter) causeChanged(f *failure) {
+	prev := l.logged.Load()
+	if prev == nil || prev.cause == f.cause || prev.cause.IsConfig() == f.cause.IsConfig() {
+		return
+	}
+	if !l.logged.CompareAndSwap(prev, f) { // another decision logs the change
+		return
+	}
+	l.opts.logger.LogAttrs(context.Background(), f.cause.level(), "bgredis: "+f.cause.summary()+"; still deciding without Redis",
+		slog.String("key", l.key),
+		slog.String("mode", l.opts.mode.String()),
+		slog.String("cause", string(f.cause)),
+		slog.String("was", string(prev.cause)),
 		slog.String("error", f.detail()),
 	)
 }
@@ -131,6 +154,7 @@ func (l *Limiter) answered() {
 	if !l.down.Load() || !l.down.CompareAndSwap(true, false) {
 		return
 	}
+	l.logged.Store(nil)
 	l.opts.logger.LogAttrs(context.Background(), slog.LevelInfo, "bgredis: Redis answers again; limiting with it",
 		slog.String("key", l.key),
 		slog.Duration("down_for", time.Duration(t-l.since.Load())),
