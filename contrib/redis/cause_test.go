@@ -41,6 +41,31 @@ func authRedis(t *testing.T) *redisServer {
 	return srv
 }
 
+// hangUpServer listens on loopback and closes every connection as soon as
+// it accepts it, as a proxy with no backend does. It returns the address,
+// and stops when the test ends.
+func hangUpServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			conn, err := ln.Accept()
+			if err != nil { // the listener is closed: the test is over
+				return
+			}
+			_ = conn.Close()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+	})
+	return ln.Addr().String()
+}
+
 // TestFailuresNameTheirCause checks the log line and Stats of a Limiter whose
 // first call fails: each names what went wrong (the credentials, a refused
 // connection, a closed client) with Redis' or the network's own error, never
@@ -48,6 +73,7 @@ func authRedis(t *testing.T) *redisServer {
 func TestFailuresNameTheirCause(t *testing.T) {
 	srv := authRedis(t)
 	refusedAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // nothing listens there
+	hangUpAddr := hangUpServer(t)
 
 	tests := []struct {
 		name      string
@@ -107,6 +133,14 @@ func TestFailuresNameTheirCause(t *testing.T) {
 			log:   "Redis refused the connection",
 			cause: "refused",
 			err:   "connect: connection refused",
+		},
+		{
+			name:  "a server that hangs up at once is a failed connection",
+			opts:  redis.Options{Addr: hangUpAddr, MaxRetries: -1},
+			level: slog.LevelWarn,
+			log:   "the connection to Redis failed",
+			cause: "network",
+			err:   "EOF",
 		},
 		{
 			name: "a refused connection says so, on a ClusterClient",
