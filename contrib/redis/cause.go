@@ -26,8 +26,10 @@ const (
 	// CauseAuth is Redis rejecting the credentials: WRONGPASS (a wrong
 	// username or password) or NOAUTH (none where Redis requires one).
 	CauseAuth Cause = "auth"
-	// CausePermission is Redis denying the user a command (NOPERM): an ACL
-	// user needs EVALSHA and EVAL on the key's "rate:" prefix.
+	// CausePermission is Redis denying the user a command (NOPERM). An ACL
+	// user needs EVALSHA, EVAL and the script's GET, SET and TIME, on keys
+	// rate:* ("ACL SETUSER name on >pass ~rate:* +evalsha +eval +get +set
+	// +time").
 	CausePermission Cause = "permission"
 	// CauseClosed is a call on a client that was closed.
 	CauseClosed Cause = "closed"
@@ -187,7 +189,9 @@ func watchDials(rdb redis.UniversalClient) *dialWatch {
 	case *redis.ClusterClient:
 		c.OnNewNode(add)
 	case *redis.Ring:
-		c.OnNewNode(add) // a shard made between this and ForEachShard is watched twice, which counts each dial twice and changes nothing
+		// A shard made between these two lines is watched twice: each of
+		// its dials is noted twice, which changes nothing.
+		c.OnNewNode(add)
 		_ = c.ForEachShard(context.Background(), func(_ context.Context, shard *redis.Client) error {
 			add(shard)
 			return nil

@@ -20,16 +20,20 @@ import (
 	bgredis "github.com/bgpool/bgpool/contrib/redis"
 )
 
-// The password of the tests' redis-server with requirepass, and of the ACL
-// user that may not run scripts.
+// The password of the tests' redis-server with requirepass, and of its ACL
+// users: one that may not run scripts, and one with only what the README
+// says a Limiter needs.
 const (
 	serverPassword = "bgredis-test-secret"
 	noScriptUser   = "no-scripts"
+	limiterUser    = "limiter"
 )
 
 // authRedis starts a redis-server of the test's own that requires
 // serverPassword, with a user noScriptUser (password serverPassword) that may
-// run every command but EVALSHA and EVAL, the calls of redis_rate.
+// run every command but EVALSHA and EVAL, the calls of redis_rate, and a
+// user limiterUser that may run only those and the script's own commands,
+// on keys rate:*.
 func authRedis(t *testing.T) *redisServer {
 	t.Helper()
 	srv := startRedisWithPassword(t, freePort(t), serverPassword)
@@ -38,6 +42,8 @@ func authRedis(t *testing.T) *redisServer {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	require.NoError(t, admin.Do(ctx, "ACL", "SETUSER", noScriptUser, "on", ">"+serverPassword, "~*", "&*", "+@all", "-evalsha", "-eval").Err())
+	require.NoError(t, admin.Do(ctx, "ACL", "SETUSER", limiterUser, "on", ">"+serverPassword, "~rate:*",
+		"+evalsha", "+eval", "+get", "+set", "+time").Err())
 	return srv
 }
 
@@ -199,6 +205,24 @@ func TestFailuresNameTheirCause(t *testing.T) {
 			assert.Contains(t, string(js), tt.err, "the JSON of Stats carries the error's message")
 		})
 	}
+}
+
+// TestACLUserWithTheREADMEsPermissionsLimits checks the README's ACL for a
+// Limiter's user: EVALSHA and EVAL, and the script's GET, SET and TIME, on
+// keys rate:*.
+func TestACLUserWithTheREADMEsPermissionsLimits(t *testing.T) {
+	srv := authRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.addr(), Username: limiterUser, Password: serverPassword})
+	t.Cleanup(func() { _ = rdb.Close() })
+	logs := new(logRecorder)
+	lim := bgredis.NewLimiter(rdb, uniqueKey(t), redis_rate.PerMinute(2), bgredis.WithLogger(slog.New(logs)))
+	require.NoError(t, lim.Check(context.Background()))
+	for _, want := range []bool{true, true, false} {
+		ok, _ := lim.Allow()
+		assert.Equal(t, want, ok)
+	}
+	assert.Equal(t, bgredis.Stats{}, lim.Stats(), "no Redis error, no fallback")
+	assert.Empty(t, logs.String())
 }
 
 // TestStatsMarshalToJSON checks that Stats serialises with snake_case names
