@@ -207,10 +207,10 @@ func TestFailuresNameTheirCause(t *testing.T) {
 	}
 }
 
-// TestACLUserWithTheREADMEsPermissionsLimits checks the README's ACL for a
+// TestACLUserWithTheREADMEPermissionsLimits checks the README's ACL for a
 // Limiter's user: EVALSHA and EVAL, and the script's GET, SET and TIME, on
 // keys rate:*.
-func TestACLUserWithTheREADMEsPermissionsLimits(t *testing.T) {
+func TestACLUserWithTheREADMEPermissionsLimits(t *testing.T) {
 	srv := authRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.addr(), Username: limiterUser, Password: serverPassword})
 	t.Cleanup(func() { _ = rdb.Close() })
@@ -352,6 +352,8 @@ func TestTimeoutWhileDiallingSaysSo(t *testing.T) {
 	assert.Equal(t, fmt.Sprintf("no connection to Redis within %v (still dialling): context deadline exceeded", outageTimeout), st.LastError)
 }
 
+// TestCauseIsConfig checks which causes are configuration errors: those
+// that Redis coming back does not mend.
 func TestCauseIsConfig(t *testing.T) {
 	for _, c := range []bgredis.Cause{bgredis.CauseAuth, bgredis.CausePermission, bgredis.CauseClosed} {
 		assert.True(t, c.IsConfig(), "%s is a configuration error", c)
