@@ -37,15 +37,6 @@ func (l *gateLimiter) Wait(ctx context.Context) error {
 	}
 }
 
-func (l *gateLimiter) Allow() (bool, time.Duration) {
-	select {
-	case <-l.tokens:
-		return true, 0
-	default:
-		return false, time.Second
-	}
-}
-
 func TestWithLimiterGatesEveryTaskStart(t *testing.T) {
 	l := &gateLimiter{tokens: make(chan struct{})}
 	p := newPool(t, 2, bgpool.WithLimiter(l), bgpool.WithQueueSize(10))
@@ -128,8 +119,7 @@ func TestWithRateLimitAndWithLimiterReplaceEachOther(t *testing.T) {
 
 type goexitLimiter struct{}
 
-func (goexitLimiter) Wait(context.Context) error   { runtime.Goexit(); return nil }
-func (goexitLimiter) Allow() (bool, time.Duration) { return true, 0 }
+func (goexitLimiter) Wait(context.Context) error { runtime.Goexit(); return nil }
 
 func TestALimiterThatCallsGoexitDropsTheTaskAndTellsDo(t *testing.T) {
 	var events []bgpool.TaskEvent
