@@ -39,6 +39,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -155,7 +156,10 @@ func run(args []string, stdout io.Writer) error {
 		rep.Setups = append(rep.Setups, setup{Name: c.Name, Setup: c.Setup})
 	}
 	for r := range s.Runs {
-		for _, c := range s.chosen {
+		// Each run starts one contender later, so that a slow patch of the
+		// machine does not always hit the same contender at the same point.
+		order := append(slices.Clone(s.chosen[r%len(s.chosen):]), s.chosen[:r%len(s.chosen)]...)
+		for _, c := range order {
 			res, err := runOne(c, s, st, sched)
 			if err != nil {
 				return fmt.Errorf("overload: %s, run %d: %w", c.Name, r+1, err)

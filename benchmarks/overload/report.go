@@ -37,9 +37,10 @@ type runResult struct {
 	Contender string        `json:"contender"`
 	Stages    []stageResult `json:"stages"`
 	Timeline  []bucket      `json:"timeline"`
-	Samples   []sample      `json:"samples"`
-	Lag       lag           `json:"generator_lag"`
-	recs      []record
+	Samples   []sample      `json:"-"` // in the timeline, two a bucket
+
+	Lag  lag `json:"generator_lag"`
+	recs []record
 }
 
 // stageResult is what one stage of one run came to. Rates are per second,
@@ -63,12 +64,17 @@ type stageResult struct {
 	CapMin      int     `json:"cap_min"`
 	CapMedian   int     `json:"cap_median"`
 	CapMax      int     `json:"cap_max"`
+	BacklogMax  int     `json:"backlog_max"` // the most calls seen waiting for a downstream slot
 	// Converge is the time from the stage's start until useful throughput
 	// settled for good: from then to the stage's end, every window of
 	// settleWindow buckets has at least settleShare of the useful tasks
 	// that the offered rate and the capacity allow; -1 if it never did.
 	Converge float64 `json:"converge_ms"`
-	Lag      lag     `json:"generator_lag"`
+	// CapSettle is the time from the stage's start until the cap stayed
+	// within a quarter (at least 2) of where it ended: the median cap of
+	// the stage's last quarter. It is 0 for a fixed cap.
+	CapSettle float64 `json:"cap_settle_ms"`
+	Lag       lag     `json:"generator_lag"`
 }
 
 // lag summarises how late the generator submitted arrivals, in ms.
@@ -148,6 +154,7 @@ func (res *runResult) analyse(s settings, st []stage, sched []arrival) {
 		lags   []time.Duration
 		r      stageResult
 		caps   []int
+		capAt  []time.Duration // when each of caps was sampled, since the stage's start
 	}
 	accs := make([]acc, len(st))
 	buckets := make([]bucket, len(st)*perStage)
@@ -201,6 +208,8 @@ func (res *runResult) analyse(s settings, st []stage, sched []arrival) {
 		k := min(int(sm.T/d), len(st)-1)
 		b := k*perStage + min(int((sm.T-time.Duration(k)*d)/s.Bucket), perStage-1)
 		accs[k].caps = append(accs[k].caps, sm.Cap)
+		accs[k].capAt = append(accs[k].capAt, sm.T-time.Duration(k)*d)
+		accs[k].r.BacklogMax = max(accs[k].r.BacklogMax, sm.Backlog)
 		bucketCaps[b] = append(bucketCaps[b], sm.Cap)
 		bucketBacklog[b] = append(bucketBacklog[b], sm.Backlog)
 	}
@@ -230,6 +239,7 @@ func (res *runResult) analyse(s settings, st []stage, sched []arrival) {
 		if len(ac.caps) > 0 {
 			r.CapMin, r.CapMax = slices.Min(ac.caps), slices.Max(ac.caps)
 			r.CapMedian = medianInt(ac.caps)
+			r.CapSettle = capSettle(ac.caps, ac.capAt, d)
 		}
 		// Convergence: the start of the last unbroken run of settled
 		// windows, if that run reaches the stage's end.
@@ -317,6 +327,7 @@ func (rep *report) summarise() {
 			m.P50 = median(col(func(r stageResult) float64 { return r.P50 }))
 			p99s := col(func(r stageResult) float64 { return r.P99 })
 			m.P99 = median(p99s)
+			m.CapSettle = median(col(func(r stageResult) float64 { return r.CapSettle }))
 			m.Converge = medianConverge(col(func(r stageResult) float64 { return r.Converge }))
 			m.Arrivals = icol(func(r stageResult) int { return r.Arrivals })
 			m.Useful = icol(func(r stageResult) int { return r.Useful })
@@ -329,6 +340,7 @@ func (rep *report) summarise() {
 			m.CapMin = icol(func(r stageResult) int { return r.CapMin })
 			m.CapMedian = icol(func(r stageResult) int { return r.CapMedian })
 			m.CapMax = icol(func(r stageResult) int { return r.CapMax })
+			m.BacklogMax = icol(func(r stageResult) int { return r.BacklogMax })
 			m.Lag.P50 = median(col(func(r stageResult) float64 { return r.Lag.P50 }))
 			m.Lag.P99 = median(col(func(r stageResult) float64 { return r.Lag.P99 }))
 			m.Lag.Max = median(col(func(r stageResult) float64 { return r.Lag.Max }))
@@ -339,6 +351,34 @@ func (rep *report) summarise() {
 			})
 		}
 	}
+}
+
+// capSettle returns when, in ms since the stage's start, the cap came
+// within a quarter (at least 2) of its final level for good.
+func capSettle(caps []int, at []time.Duration, d time.Duration) float64 {
+	var tail []int
+	for i, c := range caps {
+		if at[i] >= d*3/4 {
+			tail = append(tail, c)
+		}
+	}
+	if len(tail) == 0 {
+		tail = caps[len(caps)-1:]
+	}
+	final := medianInt(tail)
+	band := max(2, final/4)
+	settle := 0.0
+	for i := len(caps) - 1; i >= 0; i-- {
+		if caps[i] < final-band || caps[i] > final+band {
+			if i+1 < len(caps) {
+				settle = ms(at[i+1])
+			} else {
+				settle = ms(d)
+			}
+			break
+		}
+	}
+	return settle
 }
 
 func median(v []float64) float64 {
@@ -392,7 +432,8 @@ func (rep *report) write(dir string) error {
 		return fmt.Errorf("overload: %w", err)
 	}
 	f := rep.files(dir)
-	js, err := json.MarshalIndent(rep, "", " ")
+	// Compact: the timelines would take a line a field, a megabyte in all.
+	js, err := json.Marshal(rep)
 	if err != nil {
 		return fmt.Errorf("overload: %w", err)
 	}
@@ -424,8 +465,8 @@ func (rep *report) markdown(w io.Writer) {
 	fmt.Fprintf(w, "Machine: %s/%s, %d CPUs, %s. Generator lag over every arrival: p50 %s, p99 %s, max %s.\n\n",
 		rep.Machine.GOOS, rep.Machine.GOARCH, rep.Machine.CPUs, rep.Machine.GoVersion,
 		fmtMs(rep.GeneratorLag.P50), fmtMs(rep.GeneratorLag.P99), fmtMs(rep.GeneratorLag.Max))
-	fmt.Fprintln(w, "| contender | stage | offered/s | capacity/s | useful/s | useful share | p50 | p99 | cap (median, min–max) | converged after | refused | dropped | timed out | late | wasted | generator lag p99 |")
-	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+	fmt.Fprintln(w, "| contender | stage | offered/s | capacity/s | useful/s | useful share | p50 | p99 | cap (median, min–max) | cap settled after | converged after | refused | dropped | timed out | late | wasted | downstream backlog (max) | generator lag p99 |")
+	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, sm := range rep.Summary {
 		m := sm.Median
 		share := fmt.Sprintf("%.0f%%", 100*m.Share)
@@ -442,12 +483,19 @@ func (rep *report) markdown(w io.Writer) {
 		if m.CapMin != m.CapMax {
 			capCell = fmt.Sprintf("%d (%d–%d)", m.CapMedian, m.CapMin, m.CapMax)
 		}
-		fmt.Fprintf(w, "| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s | %s | %d | %d | %d | %d | %d | %s |\n",
+		fmt.Fprintf(w, "| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %d | %d | %d | %d | %d | %d | %s |\n",
 			sm.Contender, m.Stage, m.OfferedRate, m.Capacity, m.UsefulRate, share, fmtMs(m.P50), p99,
-			capCell, conv, m.Refused, m.Dropped, m.TimedOut, m.Late, m.Wasted, fmtMs(m.Lag.P99))
+			capCell, fmtMs(m.CapSettle), conv, m.Refused, m.Dropped, m.TimedOut, m.Late, m.Wasted, m.BacklogMax, fmtMs(m.Lag.P99))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Counts are tasks that arrived in the stage (medians). Wasted: calls the downstream served to the end whose task had already timed out or answered too late.")
+	fmt.Fprintln(w, "Counts are tasks that arrived in the stage (medians). Useful share: useful tasks a second over the stage's capacity. "+
+		"p50, p99: of useful tasks, from the scheduled arrival to the task's return. "+
+		"Cap settled after: until the cap stayed within a quarter of where it ended. "+
+		"Converged after: until every 500 ms window to the stage's end had at least 80% of the useful tasks the offered rate and the capacity allow. "+
+		"Dropped: accepted, then discarded unrun. Timed out: the task's timeout ended it first. Late: succeeded after the useful window. "+
+		"Wasted: calls the downstream served to the end whose task had already timed out or answered too late. "+
+		"Downstream backlog: the most calls seen waiting for a slot, abandoned ones included. "+
+		"Generator lag: how late the generator itself submitted arrivals (a floor under every latency).")
 }
 
 // checkOutput reads back what a run wrote into dir and reports whether it
