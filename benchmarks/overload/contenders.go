@@ -208,11 +208,16 @@ func (r *tunedRunner) loop(period time.Duration) {
 			continue // nothing ended: nothing to learn
 		}
 		slices.Sort(recent)
-		median := recent[len(recent)/2]
-		next := int(float64(capNow)*float64(lowest)/float64(median)) + 2
-		capNow = min(max(next, 1), r.max)
+		capNow = tuneStep(capNow, lowest, recent[len(recent)/2], r.max)
 		r.p.Tune(capNow)
 	}
+}
+
+// tuneStep is the rule: the next cap is cap × lowest/median + 2,
+// kept between 1 and most.
+func tuneStep(current int, lowest, median time.Duration, most int) int {
+	next := int(float64(current)*float64(lowest)/float64(median)) + 2
+	return min(max(next, 1), most)
 }
 
 func (r *tunedRunner) Close() error {

@@ -167,3 +167,81 @@ func TestDownstreamGrantsSlotsAddedLater(t *testing.T) {
 	ds.SetSlots(1)
 	assert.Equal(t, 3, <-served, "the waiting call takes the new slot")
 }
+
+func TestTuneRuleScalesTheCapByLowestOverMedianPlusTwo(t *testing.T) {
+	ms := time.Millisecond
+	assert.Equal(t, 130, tuneStep(256, 10*ms, 20*ms, 256), "half the median: half the cap, plus 2")
+	assert.Equal(t, 10, tuneStep(8, 10*ms, 10*ms, 256), "at the lowest run time: grows by 2")
+	assert.Equal(t, 256, tuneStep(256, 10*ms, 10*ms, 256), "never above the pool's size")
+	assert.Equal(t, 2, tuneStep(1, 1*ms, 100*ms, 256), "never below 2 while tasks run")
+}
+
+// refuser refuses every task.
+type refuser struct{}
+
+func (refuser) TrySubmit(func(ctx context.Context)) bool { return false }
+func (refuser) Cap() int                                 { return 0 }
+func (refuser) Close() error                             { return nil }
+
+func TestGeneratorSubmitsEveryArrivalAndNotesItsLag(t *testing.T) {
+	sched := make([]arrival, 200)
+	for i := range sched {
+		sched[i].At = time.Duration(i) * 100 * time.Microsecond
+	}
+	recs := make([]record, len(sched))
+	ds := newDownstream(1, time.Millisecond, time.Now(), func(int, time.Duration) {})
+	defer ds.Close()
+	start := time.Now()
+	generate(start, sched, recs, refuser{}, ds)
+	assert.GreaterOrEqual(t, time.Since(start), sched[len(sched)-1].At, "the generator keeps to the schedule, never ahead")
+	for i, r := range recs {
+		assert.Equal(t, refused, r.Outcome, "arrival %d", i)
+		assert.GreaterOrEqual(t, r.Lag, time.Duration(0), "arrival %d is never submitted early", i)
+	}
+}
+
+func TestAnalyseFindsWhenThroughputAndCapSettled(t *testing.T) {
+	// One 1 s stage of 100 ms buckets against 1 slot of 10 ms (100/s, 10 a
+	// bucket), offered 20 a bucket: nothing useful for 300 ms, then 9 of
+	// the 10 possible a bucket.
+	s := settings{StageDuration: time.Second, Bucket: 100 * time.Millisecond, Service: 10 * time.Millisecond,
+		Useful: 250 * time.Millisecond}
+	st := []stage{{Name: "only", From: 2, To: 2, Slots: 1}}
+	var sched []arrival
+	var recs []record
+	for b := range 10 {
+		for i := range 20 {
+			at := time.Duration(b)*100*time.Millisecond + time.Duration(i)*5*time.Millisecond
+			sched = append(sched, arrival{At: at})
+			r := record{Outcome: refused}
+			switch {
+			case b >= 3 && i < 9:
+				r = record{Outcome: succeeded, End: at + 20*time.Millisecond, Served: true}
+			case b < 3 && i == 0:
+				r = record{Outcome: timedOut, End: at + 100*time.Millisecond, Served: true} // wasted
+			}
+			recs = append(recs, r)
+		}
+	}
+	var samples []sample
+	for ts := time.Duration(0); ts < time.Second; ts += 50 * time.Millisecond {
+		c := 256
+		if ts >= 400*time.Millisecond {
+			c = 10
+		}
+		samples = append(samples, sample{T: ts, Cap: c})
+	}
+	res := &runResult{Samples: samples, recs: recs}
+	res.analyse(s, st, sched)
+	require.Len(t, res.Stages, 1)
+	got := res.Stages[0]
+	assert.Equal(t, 300.0, got.Converge, "settled from the fourth bucket on")
+	assert.Equal(t, 400.0, got.CapSettle, "the cap reached its final level at 400 ms")
+	assert.Equal(t, 63, got.Useful)
+	assert.Equal(t, 3, got.TimedOut)
+	assert.Equal(t, 3, got.Wasted, "served for a caller that had timed out")
+	assert.Equal(t, 20.0, got.P50, "latency from the scheduled arrival")
+	assert.InDelta(t, 0.63, got.Share, 1e-9, "63 useful a second over a capacity of 100")
+	assert.Equal(t, 10, got.CapMin)
+	assert.Equal(t, 256, got.CapMax)
+}
