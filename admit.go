@@ -62,7 +62,11 @@ func (p *Pool) submit(ctx context.Context, task Task, mode submitMode) error {
 	}
 	select {
 	case p.queue <- it: // admitted: a parked worker has it, or it waits in the queue
-		p.admitted()
+		// At the cap (the steady state under load) and open, nothing more
+		// is to do; admitted looks further.
+		if p.active.Load() < p.workers.Load() || p.abandoned.Load() {
+			p.admitted()
+		}
 		return nil
 	default: // the queue is full and no worker is parked
 		return p.overflow(ctx, it, mode)

@@ -52,6 +52,7 @@ type Pool struct {
 	limiter Limiter         // nil without a rate limit
 	stamp   bool            // tasks need their admission time (WithMaxQueueWait, WithObserver)
 	block   bool            // the policy is Block: submit waits without an Overflow (see isBlock)
+	guarded bool            // tasks run through run, not the workers' fast path (see runTasks)
 	epoch   time.Time       // the origin of the pool's clock (see now)
 	base    context.Context // parent of every task's cancellation
 	cancel  context.CancelCauseFunc
@@ -155,6 +156,7 @@ func New(size int, opts ...Option) (*Pool, error) {
 		limiter: o.limiter,
 		stamp:   o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil,
 		block:   isBlock(o.policy),
+		guarded: o.limiter != nil || o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil,
 		epoch:   time.Now(),
 		done:    make(chan struct{}),
 

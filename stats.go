@@ -104,6 +104,19 @@ type report struct {
 	err     error
 }
 
+// completedFast settles a task of a worker's fast path that returned nil: in
+// the worker's own counter, with nothing to tell unless Shutdown has begun.
+func (p *Pool) completedFast(s *slot, it *item) {
+	if !s.state.CompareAndSwap(slotRunning, slotIdle) { // Shutdown counted it Abandoned meanwhile
+		p.finish(s, *it, OutcomeCompleted, report{queued: true, started: true, at: it.at})
+		return
+	}
+	s.completed.Add(1) // the worker's own counter: no cache line shared with other workers
+	if p.closed.Load() {
+		p.settleCounted(OutcomeCompleted, report{})
+	}
+}
+
 // settle is the one place where a task reaches its outcome: it counts it,
 // reports it to the observer, and, once Shutdown has begun, lets Shutdown
 // know when nothing is left. Every task passes here exactly once.

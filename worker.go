@@ -125,29 +125,131 @@ func (p *Pool) startLoopLocked(w *worker, first *item) {
 // loop is the body of a worker: it runs tasks from the queue until it
 // retires (idle, surplus after Tune, or Shutdown with nothing left).
 func (w *worker) loop() {
-	p := w.pool
 	it, ok := w.first, w.hasFirst
 	w.first, w.hasFirst = item{}, false
-	finished := false
-	defer func() {
-		if !finished { // a task, its observer or its error handler called runtime.Goexit
-			p.taskExited(w)
-		}
-	}()
-	for {
-		if !ok {
-			if it, ok = p.next(w); !ok {
-				finished = true
-				return
-			}
-		}
+	for w.runTasks(it, ok) { // a task panicked: the guard has settled it; go on
 		ok = false
-		p.run(&w.slot, it)
-		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
-			finished = true
+	}
+}
+
+// runTasks runs tasks, first the one given if has, until w retires; it
+// returns true when a task panicked, once the panic is settled.
+//
+// A plain pool (no limiter, maximum queue wait, observer or wrapper) runs
+// each task on the fast path below, whose panic guard is this function's
+// one deferred call rather than one per task: a panic unwinds to it, it
+// settles the task Panicked, and loop calls runTasks again. A
+// runtime.Goexit in a task runs the guard too, which hands the worker over
+// (taskExited). Other pools run each task through run, which guards it.
+func (w *worker) runTasks(first item, has bool) (panicked bool) {
+	p := w.pool
+	var it item             // the task in hand, for the guard
+	var ctx context.Context // its context, for the error handler
+	var dc *deadlineContext // its deadline, to release
+	returned := false
+	defer func() {
+		if returned {
 			return
 		}
+		v := recover()
+		if v == nil { // a task, its observer or its error handler called runtime.Goexit
+			p.taskExited(w)
+			return
+		}
+		if dc != nil {
+			dc.release()
+		}
+		exited := true
+		defer func() {
+			if exited { // the error handler called runtime.Goexit
+				p.taskExited(w)
+			}
+		}()
+		p.taskPanicked(&w.slot, it, ctx, v, debug.Stack())
+		exited = false
+		panicked = true
+	}()
+	for {
+		if has {
+			it, has = first, false
+		} else {
+			select {
+			case it = <-p.queue: // the common case under load
+			default:
+				var ok bool
+				if it, ok = p.next(w); !ok {
+					returned = true
+					return false
+				}
+			}
+		}
+		if p.guarded {
+			p.run(&w.slot, it)
+		} else if p.claim(&w.slot, &it) {
+			if p.opts.taskTimeout > 0 {
+				dc = newDeadlineContext(p, it.ctx, p.opts.taskTimeout)
+				ctx = dc
+			} else {
+				ctx = newTaskContext(p.base, it.ctx)
+			}
+			err := it.task(ctx)
+			if dc != nil {
+				dc.release()
+				dc = nil
+			}
+			if err != nil {
+				p.taskFailed(&w.slot, &it, ctx, err)
+			} else {
+				p.completedFast(&w.slot, &it)
+			}
+		}
+		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
+			returned = true
+			return false
+		}
 	}
+}
+
+// claim moves s from idle (or starting, for a loop's first task) to
+// running for it, and reports whether it may run: unless Shutdown has
+// abandoned it, or its waiter took it back (Job.Do), in which case claim
+// has settled it.
+func (p *Pool) claim(s *slot, it *item) bool {
+	if !s.state.CompareAndSwap(slotIdle, slotRunning) || p.abandoned.Load() {
+		return p.claimSlow(s, it)
+	}
+	if c, ok := it.ctx.(*awaited); ok && !c.claim() { // Job.Do's waiter took it back
+		p.finish(s, *it, OutcomeDropped, report{queued: true, at: it.at})
+		return false
+	}
+	return true
+}
+
+// claimSlow is claim for a loop's first task (its slot is starting) and
+// after an abandonment.
+func (p *Pool) claimSlow(s *slot, it *item) bool {
+	if s.state.CompareAndSwap(slotStarting, slotRunning) && !p.abandoned.Load() {
+		return p.claim(s, it)
+	}
+	p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
+	return false
+}
+
+// taskFailed settles a task of the fast path that returned err.
+func (p *Pool) taskFailed(s *slot, it *item, ctx context.Context, err error) {
+	if !p.abandoned.Load() && !echoesGroup(*it, err) {
+		p.handleError(ctx, err)
+	}
+	p.finish(s, *it, OutcomeFailed, report{queued: true, started: true, at: it.at, err: err})
+}
+
+// taskPanicked settles a task of the fast path that panicked with v.
+func (p *Pool) taskPanicked(s *slot, it item, ctx context.Context, v any, stack []byte) {
+	err := &PanicError{Value: v, Stack: stack}
+	if !p.abandoned.Load() {
+		p.handleError(ctx, err)
+	}
+	p.finish(s, it, OutcomePanicked, report{queued: true, started: true, at: it.at, err: err})
 }
 
 // next returns the next task for w, parking until one comes, or reports
