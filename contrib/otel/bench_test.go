@@ -1,0 +1,103 @@
+package bgotel_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/bgpool/bgpool"
+	bgotel "github.com/bgpool/bgpool/contrib/otel"
+)
+
+// BenchmarkTaskWrapper measures what bgpool.WithTaskWrapper costs per task:
+// each op submits one empty task to 8 workers behind a queue of 1024 (Block),
+// so that ns/op and allocs/op are per task, from Submit to the task's end.
+// The contenders: no wrapper, a wrapper that only calls run, and
+// bgotel's Tracing on a no-op TracerProvider and on the SDK recording into
+// a tracetest.SpanRecorder. The submitter's context carries a remote span
+// context, so that Tracing makes its link.
+func BenchmarkTaskWrapper(b *testing.B) {
+	submitter := trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    trace.TraceID{1},
+		SpanID:     trace.SpanID{2},
+		TraceFlags: trace.FlagsSampled,
+		Remote:     true,
+	}))
+	tracingOn := func(b *testing.B, tp trace.TracerProvider) bgpool.Option {
+		t, err := bgotel.NewTracing("bench", bgotel.WithTracerProvider(tp))
+		require.NoError(b, err)
+		return bgpool.WithTaskWrapper(t.Wrap)
+	}
+	contenders := []struct {
+		name string
+		opts func(b *testing.B) []bgpool.Option
+	}{
+		{"wrapper=none", func(*testing.B) []bgpool.Option { return nil }},
+		{"wrapper=noop", func(*testing.B) []bgpool.Option {
+			return []bgpool.Option{bgpool.WithTaskWrapper(func(ctx context.Context, _ bgpool.TaskInfo, run bgpool.Task) error {
+				return run(ctx)
+			})}
+		}},
+		{"tracing=noop-provider", func(b *testing.B) []bgpool.Option {
+			return []bgpool.Option{tracingOn(b, noop.NewTracerProvider())}
+		}},
+		{"tracing=sdk-recorder", func(b *testing.B) []bgpool.Option {
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(tracetest.NewSpanRecorder()))
+			b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+			return []bgpool.Option{tracingOn(b, tp)}
+		}},
+	}
+	for _, c := range contenders {
+		b.Run(c.name, func(b *testing.B) {
+			var wg sync.WaitGroup
+			task := func(context.Context) error { wg.Done(); return nil }
+			opts := append([]bgpool.Option{bgpool.WithQueueSize(1024), bgpool.WithPolicy(bgpool.Block)}, c.opts(b)...)
+			p, err := bgpool.New(8, opts...)
+			require.NoError(b, err)
+			defer func() {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				require.NoError(b, p.Shutdown(ctx))
+			}()
+			b.ReportAllocs()
+			for b.Loop() {
+				wg.Add(1)
+				if err := p.Submit(submitter, task); err != nil {
+					b.Fatal(err)
+				}
+			}
+			wg.Wait() // the last few hundred tasks: a negligible part of b.N
+		})
+	}
+}
+
+// BenchmarkObserve measures Metrics.Observe, the observer that feeds the
+// histograms, on the SDK's MeterProvider.
+func BenchmarkObserve(b *testing.B) {
+	_, mp := newReader(&testing.T{})
+	m, err := bgotel.NewMetrics("mail", bgotel.WithMeterProvider(mp))
+	require.NoError(b, err)
+	ev := bgpool.TaskEvent{Outcome: bgpool.OutcomeCompleted, Queued: true, Started: true,
+		QueueWait: 3 * time.Millisecond, RunTime: 40 * time.Millisecond}
+	b.Run("goroutines=1", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			m.Observe(ev)
+		}
+	})
+	b.Run("goroutines=GOMAXPROCS", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				m.Observe(ev)
+			}
+		})
+	})
+}
