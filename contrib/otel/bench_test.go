@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -81,7 +82,8 @@ func BenchmarkTaskWrapper(b *testing.B) {
 // BenchmarkObserve measures Metrics.Observe, the observer that feeds the
 // histograms, on the SDK's MeterProvider.
 func BenchmarkObserve(b *testing.B) {
-	_, mp := newReader(&testing.T{})
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	b.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
 	m, err := bgotel.NewMetrics("mail", bgotel.WithMeterProvider(mp))
 	require.NoError(b, err)
 	ev := bgpool.TaskEvent{Outcome: bgpool.OutcomeCompleted, Queued: true, Started: true,

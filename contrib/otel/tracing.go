@@ -32,6 +32,10 @@ type Tracing struct {
 	// taskName is the span name of a plain task, built once.
 	taskName string
 	pool     string
+	// childOpts and rootOpts start a child span and a new root, built
+	// once; a link is appended to a copy.
+	childOpts []trace.SpanStartOption
+	rootOpts  []trace.SpanStartOption
 }
 
 // NewTracing returns a Tracing for a pool named pool, which becomes the
@@ -56,11 +60,13 @@ func NewTracing(pool string, opts ...TracingOption) (*Tracing, error) {
 	}
 	o.setDefaults()
 	return &Tracing{
-		tracer:   o.tracerProvider.Tracer(ScopeName),
-		asChild:  o.awaitedAsChild,
-		poolAttr: PoolNameKey.String(pool),
-		taskName: pool + " task",
-		pool:     pool,
+		tracer:    o.tracerProvider.Tracer(ScopeName),
+		asChild:   o.awaitedAsChild,
+		poolAttr:  PoolNameKey.String(pool),
+		taskName:  pool + " task",
+		pool:      pool,
+		childOpts: []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindInternal)},
+		rootOpts:  []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindInternal), trace.WithNewRoot()},
 	}, nil
 }
 
@@ -87,47 +93,53 @@ func (t *Tracing) Wrap(ctx context.Context, info bgpool.TaskInfo, run bgpool.Tas
 	if info.Kind != "" {
 		name = t.pool + " " + info.Kind
 	}
-	submitter := trace.SpanContextFromContext(ctx)
-	attrs := []attribute.KeyValue{
-		t.poolAttr,
-		TimeInQueueKey.Float64(info.QueueWait.Seconds()),
-		AwaitedKey.Bool(info.Awaited),
-		{}, // the Job's kind, if any
-	}
-	if info.Kind != "" {
-		attrs[3] = JobKindKey.String(info.Kind)
-	} else {
-		attrs = attrs[:3]
-	}
-	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(attrs...)}
+	opts := t.childOpts
 	if !t.asChild || !info.Awaited {
-		opts = append(opts, trace.WithNewRoot())
-		if submitter.IsValid() {
-			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: submitter}))
+		opts = t.rootOpts
+		if submitter := trace.SpanContextFromContext(ctx); submitter.IsValid() {
+			opts = append(opts[:len(opts):len(opts)], trace.WithLinks(trace.Link{SpanContext: submitter}))
 		}
 	}
 	ctx, span := t.tracer.Start(ctx, name, opts...)
+	// A span that records nothing (a no-op provider, or a trace sampled
+	// out) is given no attributes, which would cost allocations for
+	// nothing; the price is that a sampler sees only the name and the link.
+	recording := span.IsRecording()
+	if recording {
+		span.SetAttributes(t.poolAttr, TimeInQueueKey.Float64(info.QueueWait.Seconds()), AwaitedKey.Bool(info.Awaited))
+		if info.Kind != "" {
+			span.SetAttributes(JobKindKey.String(info.Kind))
+		}
+	}
 
 	returned := false
 	defer func() {
-		switch pe, isPanic := err.(*bgpool.PanicError); {
-		case !returned: // runtime.Goexit: bgpool counts the task failed
-			span.SetAttributes(OutcomeKey.String(bgpool.OutcomeFailed.String()))
-			span.SetStatus(codes.Error, "task called runtime.Goexit")
-		case isPanic:
-			span.SetAttributes(OutcomeKey.String(bgpool.OutcomePanicked.String()))
-			span.RecordError(err, trace.WithAttributes(exceptionStacktrace.String(string(pe.Stack))))
-			span.SetStatus(codes.Error, err.Error())
-		case err != nil:
-			span.SetAttributes(OutcomeKey.String(bgpool.OutcomeFailed.String()))
-			span.RecordError(err)
-			span.SetStatus(codes.Error, err.Error())
-		default:
-			span.SetAttributes(OutcomeKey.String(bgpool.OutcomeCompleted.String()))
+		if recording {
+			t.record(span, err, returned)
 		}
 		span.End()
 	}()
 	err = run(ctx)
 	returned = true
 	return err
+}
+
+// record sets the outcome of a task that returned err (or did not return:
+// runtime.Goexit) on its span, with the error and the status.
+func (t *Tracing) record(span trace.Span, err error, returned bool) {
+	switch pe, isPanic := err.(*bgpool.PanicError); {
+	case !returned: // runtime.Goexit: bgpool counts the task failed
+		span.SetAttributes(OutcomeKey.String(bgpool.OutcomeFailed.String()))
+		span.SetStatus(codes.Error, "task called runtime.Goexit")
+	case isPanic:
+		span.SetAttributes(OutcomeKey.String(bgpool.OutcomePanicked.String()))
+		span.RecordError(err, trace.WithAttributes(exceptionStacktrace.String(string(pe.Stack))))
+		span.SetStatus(codes.Error, err.Error())
+	case err != nil:
+		span.SetAttributes(OutcomeKey.String(bgpool.OutcomeFailed.String()))
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	default:
+		span.SetAttributes(OutcomeKey.String(bgpool.OutcomeCompleted.String()))
+	}
 }
