@@ -307,3 +307,24 @@ func TestNoSpanIsLeftOpenAfterADrainedShutdown(t *testing.T) {
 		assert.True(t, endedIDs[s.SpanContext().SpanID()], "span %s was ended", s.Name())
 	}
 }
+
+func TestTasksRunAndEndTheSameWhenTheirSpansAreSampledOut(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec), sdktrace.WithSampler(sdktrace.NeverSample()))
+	t.Cleanup(func() { assert.NoError(t, tp.Shutdown(context.Background())) })
+	tr := newTracing(t, "mail", bgotel.WithTracerProvider(tp))
+	p := newPool(t, 1, bgpool.WithTaskWrapper(tr.Wrap))
+
+	var seen spanSeen
+	require.NoError(t, p.Do(context.Background(), seen.task))
+	assert.ErrorIs(t, p.Do(context.Background(), func(context.Context) error { return errFail }), errFail)
+	var pe *bgpool.PanicError
+	require.ErrorAs(t, p.Do(context.Background(), func(context.Context) error { panic("boom") }), &pe)
+	shutdown(t, p)
+
+	s := p.Stats()
+	assert.Equal(t, [3]uint64{1, 1, 1}, [3]uint64{s.Completed, s.Failed, s.Panicked})
+	assert.Empty(t, rec.Ended(), "nothing sampled, nothing recorded")
+	assert.True(t, seen.get().IsValid(), "the task still runs in its (unsampled) span")
+	assert.False(t, seen.get().IsSampled())
+}
