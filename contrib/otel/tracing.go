@@ -87,7 +87,10 @@ func NewTracing(pool string, opts ...TracingOption) (*Tracing, error) {
 // stack) and sets the span's status to Error.
 //
 // The span is ended however the task ends, a task that calls
-// runtime.Goexit included (it is counted failed, as bgpool counts it).
+// runtime.Goexit included (it is counted failed, as bgpool counts it). A
+// task that returns a *bgpool.PanicError it got elsewhere (from a Do of its
+// own, say) is recorded panicked, though the pool counts it failed: Wrap
+// cannot tell that error from the task's own panic.
 func (t *Tracing) Wrap(ctx context.Context, info bgpool.TaskInfo, run bgpool.Task) (err error) {
 	name := t.taskName
 	if info.Kind != "" {
