@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -270,4 +271,29 @@ func TestObserveRecordsWhatTheOutcomeCarries(t *testing.T) {
 			assert.Equal(t, tt.durations, durations, "durations by outcome")
 		})
 	}
+}
+
+func TestHistogramsRecordTimeInQueueAndRunTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reader, mp := newReader(t)
+		m := newMetrics(t, "mail", bgotel.WithMeterProvider(mp))
+		p := newPool(t, 1, bgpool.WithObserver(m.Observe), bgpool.WithQueueSize(2))
+		m.Watch(p)
+		bg := context.Background()
+		// One worker runs them in order: 1s then 2s; they wait 0s and 1s.
+		require.NoError(t, p.Submit(bg, func(context.Context) error { time.Sleep(time.Second); return nil }))
+		require.NoError(t, p.Submit(bg, func(context.Context) error { time.Sleep(2 * time.Second); return errFail }))
+		shutdown(t, p)
+
+		c := collect(t, reader)
+		waits := c.histogram(t, "bgpool.task.time_in_queue")[""]
+		assert.Equal(t, uint64(2), waits.Count)
+		assert.InDelta(t, 1.0, waits.Sum, 0, "0s + 1s")
+		assert.Equal(t, []uint64{1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0}, waits.BucketCounts, "one in (0, 1ms], one in (500ms, 1s]")
+		durations := c.histogram(t, "bgpool.task.duration")
+		assert.Equal(t, uint64(1), durations["completed"].Count)
+		assert.InDelta(t, 1.0, durations["completed"].Sum, 0)
+		assert.Equal(t, uint64(1), durations["failed"].Count)
+		assert.InDelta(t, 2.0, durations["failed"].Sum, 0)
+	})
 }
