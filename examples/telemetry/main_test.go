@@ -71,7 +71,8 @@ type jsonMetrics struct {
 						Key   string
 						Value struct{ Value any }
 					}
-					Value float64
+					Value float64 // a sum's
+					Count uint64  // a histogram's
 				}
 			}
 		}
@@ -178,9 +179,11 @@ func TestServiceExportsPrometheusMetricsAndSpans(t *testing.T) {
 	assert.Equal(t, "welcome", task.attr("bgpool.job.kind"))
 	assert.Equal(t, "completed", task.attr("bgpool.task.outcome"))
 
-	completed, ok := otelTasks(t, metricsPath)["completed"]
+	tasks, durations := otelFigures(t, metricsPath)
+	completed, ok := tasks["completed"]
 	require.True(t, ok, "bgpool.tasks{bgpool.task.outcome=completed} was exported")
 	assert.InDelta(t, 1, completed, 0, "the OpenTelemetry count agrees with Prometheus'")
+	assert.Equal(t, uint64(1), durations["completed"], "both observers were called: OpenTelemetry's histogram has the task too")
 }
 
 // scrape returns the body of GET /metrics.
@@ -214,31 +217,34 @@ func readSpans(t *testing.T, path string) map[string]jsonSpan {
 	}
 }
 
-// otelTasks returns the values of bgpool.tasks by outcome in the last
-// export in path.
-func otelTasks(t *testing.T, path string) map[string]float64 {
+// otelFigures returns, from the last export in path, the values of
+// bgpool.tasks and the counts of bgpool.task.duration, by outcome.
+func otelFigures(t *testing.T, path string) (tasks map[string]float64, durations map[string]uint64) {
 	t.Helper()
 	f, err := os.Open(path)
 	require.NoError(t, err)
 	defer f.Close()
-	tasks := map[string]float64{}
+	tasks, durations = map[string]float64{}, map[string]uint64{}
 	dec := json.NewDecoder(f)
 	for {
 		var rm jsonMetrics
 		err := dec.Decode(&rm)
 		if errors.Is(err, io.EOF) {
-			return tasks
+			return tasks, durations
 		}
 		require.NoError(t, err)
 		for _, sm := range rm.ScopeMetrics {
 			for _, m := range sm.Metrics {
-				if m.Name != "bgpool.tasks" {
-					continue
-				}
 				for _, dp := range m.Data.DataPoints {
 					for _, a := range dp.Attributes {
-						if a.Key == "bgpool.task.outcome" {
+						if a.Key != "bgpool.task.outcome" {
+							continue
+						}
+						switch m.Name {
+						case "bgpool.tasks":
 							tasks[a.Value.Value.(string)] = dp.Value
+						case "bgpool.task.duration":
+							durations[a.Value.Value.(string)] = dp.Count
 						}
 					}
 				}
