@@ -21,8 +21,10 @@ import (
 // each op submits one empty task to 8 workers behind a queue of 1024 (Block),
 // so that ns/op and allocs/op are per task, from Submit to the task's end.
 // The contenders: no wrapper, a wrapper that only calls run, and
-// bgotel's Tracing on a no-op TracerProvider and on the SDK recording into
-// a tracetest.SpanRecorder. The submitter's context carries a remote span
+// bgotel's Tracing on a no-op TracerProvider, on the SDK with an exporter
+// that drops every span, and on the SDK recording into a
+// tracetest.SpanRecorder (which keeps every span, so the garbage collector's
+// work grows with b.N). The submitter's context carries a remote span
 // context, so that Tracing makes its link.
 func BenchmarkTaskWrapper(b *testing.B) {
 	submitter := trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{
@@ -48,6 +50,11 @@ func BenchmarkTaskWrapper(b *testing.B) {
 		}},
 		{"tracing=noop-provider", func(b *testing.B) []bgpool.Option {
 			return []bgpool.Option{tracingOn(b, noop.NewTracerProvider())}
+		}},
+		{"tracing=sdk-noop-exporter", func(b *testing.B) []bgpool.Option {
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sdktrace.NewSimpleSpanProcessor(tracetest.NewNoopExporter())))
+			b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+			return []bgpool.Option{tracingOn(b, tp)}
 		}},
 		{"tracing=sdk-recorder", func(b *testing.B) []bgpool.Option {
 			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(tracetest.NewSpanRecorder()))
@@ -102,4 +109,41 @@ func BenchmarkObserve(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkWrap measures Tracing.Wrap alone, called directly on one
+// goroutine with an empty task: the span's own cost, without the pool's
+// scheduling, which makes BenchmarkTaskWrapper's figures vary.
+func BenchmarkWrap(b *testing.B) {
+	submitter := trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1}, SpanID: trace.SpanID{2}, TraceFlags: trace.FlagsSampled, Remote: true,
+	}))
+	run := func(context.Context) error { return nil }
+	info := bgpool.TaskInfo{QueueWait: time.Millisecond}
+	providers := []struct {
+		name string
+		tp   func(b *testing.B) trace.TracerProvider
+	}{
+		{"provider=noop", func(*testing.B) trace.TracerProvider { return noop.NewTracerProvider() }},
+		{"provider=sdk-noop-exporter", func(b *testing.B) trace.TracerProvider {
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sdktrace.NewSimpleSpanProcessor(tracetest.NewNoopExporter())))
+			b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+			return tp
+		}},
+		{"provider=sdk-recorder", func(b *testing.B) trace.TracerProvider {
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(tracetest.NewSpanRecorder()))
+			b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+			return tp
+		}},
+	}
+	for _, pr := range providers {
+		b.Run(pr.name, func(b *testing.B) {
+			t, err := bgotel.NewTracing("bench", bgotel.WithTracerProvider(pr.tp(b)))
+			require.NoError(b, err)
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = t.Wrap(submitter, info, run)
+			}
+		})
+	}
 }
