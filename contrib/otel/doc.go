@@ -12,8 +12,8 @@
 //		return err
 //	}
 //	p, err := bgpool.New(8,
-//		bgpool.WithObserver(m.Observe),   // feeds the histograms
-//		bgpool.WithTaskWrapper(t.Wrap),   // a span per task
+//		bgpool.WithObserver(m.Observe), // feeds the histograms
+//		bgpool.WithTaskWrapper(t.Wrap), // a span per task
 //	)
 //	if err != nil {
 //		return err

@@ -88,10 +88,10 @@ type Metrics struct {
 	queueWait metric.Float64Histogram
 	duration  metric.Float64Histogram
 
-	// poolAttrs holds the pool name alone; outcomeAttrs, indexed by
-	// Outcome, the pool name and the outcome. Both are built once in
-	// NewMetrics, so that neither a collection nor Observe builds an
-	// attribute set.
+	// The attribute sets, built once in NewMetrics so that neither a
+	// collection nor Observe builds one: poolAttrs and recordPool hold the
+	// pool name alone; outcomeAttrs and recordRan, indexed by Outcome, the
+	// pool name and the outcome (for statsOutcomes and ranOutcomes).
 	poolAttrs    []metric.ObserveOption
 	outcomeAttrs [bgpool.OutcomeHandedOff + 1][]metric.ObserveOption
 	recordPool   []metric.RecordOption
