@@ -92,3 +92,47 @@ func Example() {
 	// span "mail task" root=true status=Unset
 	// span "mail task" root=true status=Error
 }
+
+// A task submitted during a request runs in a span of its own, linked to the
+// request's span; with WithAwaitedAsChild, a task the request waits for is
+// a child of it instead.
+func ExampleWithAwaitedAsChild() {
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	t, err := bgotel.NewTracing("mail", bgotel.WithTracerProvider(tp), bgotel.WithAwaitedAsChild())
+	if err != nil {
+		log.Fatal(err)
+	}
+	p, err := bgpool.New(1, bgpool.WithTaskWrapper(t.Wrap))
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	ctx, req := tp.Tracer("http").Start(context.Background(), "POST /signup")
+	_ = p.Do(ctx, func(context.Context) error { return nil })     // the handler waits for it
+	_ = p.Submit(ctx, func(context.Context) error { return nil }) // it runs after the response
+	req.End()
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.Shutdown(shutdownCtx); err != nil {
+		log.Fatal(err)
+	}
+
+	for _, s := range spans.Ended() {
+		if s.Name() == "POST /signup" {
+			continue
+		}
+		child := s.Parent().SpanID() == req.SpanContext().SpanID()
+		linked := len(s.Links()) == 1 && s.Links()[0].SpanContext.SpanID() == req.SpanContext().SpanID()
+		awaited := false
+		for _, kv := range s.Attributes() {
+			if kv.Key == bgotel.AwaitedKey {
+				awaited = kv.Value.AsBool()
+			}
+		}
+		fmt.Printf("awaited=%t child=%t linked=%t\n", awaited, child, linked)
+	}
+	// Output:
+	// awaited=true child=true linked=false
+	// awaited=false child=false linked=true
+}
