@@ -11,7 +11,7 @@ import (
 )
 
 // defaultBuckets are the upper bounds, in seconds, of DefaultBuckets: the
-// same as bgpoolprom's, so that both backends bucket a pool alike.
+// same as contrib/prometheus', so that both backends bucket a pool alike.
 var defaultBuckets = []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300}
 
 // DefaultBuckets returns the histograms' default explicit bucket
