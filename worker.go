@@ -215,8 +215,9 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 // abandoned it, or its waiter took it back (Job.Do), in which case claim
 // has settled it.
 func (p *Pool) claim(s *slot, it *item) bool {
-	if !s.state.CompareAndSwap(slotIdle, slotRunning) || p.abandoned.Load() {
-		return p.claimSlow(s, it)
+	if !s.state.CompareAndSwap(slotIdle, slotRunning) && !p.claimFirst(s) || p.abandoned.Load() {
+		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
+		return false
 	}
 	if c, ok := it.ctx.(*awaited); ok && !c.claim() { // Job.Do's waiter took it back
 		p.finish(s, *it, OutcomeDropped, report{queued: true, at: it.at})
@@ -225,14 +226,10 @@ func (p *Pool) claim(s *slot, it *item) bool {
 	return true
 }
 
-// claimSlow is claim for a loop's first task (its slot is starting) and
-// after an abandonment.
-func (p *Pool) claimSlow(s *slot, it *item) bool {
-	if s.state.CompareAndSwap(slotStarting, slotRunning) && !p.abandoned.Load() {
-		return p.claim(s, it)
-	}
-	p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
-	return false
+// claimFirst is claim's move for a loop's first task, whose slot is
+// starting; it fails when Shutdown has abandoned the task meanwhile.
+func (p *Pool) claimFirst(s *slot) bool {
+	return s.state.CompareAndSwap(slotStarting, slotRunning)
 }
 
 // taskFailed settles a task of the fast path that returned err.
