@@ -104,17 +104,21 @@ type report struct {
 	err     error
 }
 
-// completedFast settles a task of a worker's fast path that returned nil: in
-// the worker's own counter, with nothing to tell unless Shutdown has begun.
-func (p *Pool) completedFast(s *slot, it *item) {
-	if !s.state.CompareAndSwap(slotRunning, slotIdle) { // Shutdown counted it Abandoned meanwhile
+// countCompleted counts a task that a worker's fast path completed (see
+// runTasks), while the pool is open: in the worker's own counter, which no
+// other worker's cache line shares, with nothing to tell.
+func (s *slot) countCompleted() { s.completed.Add(1) }
+
+// completedSlow settles a task of a worker's fast path that returned nil
+// once Shutdown has begun, or when it has counted the task Abandoned
+// meanwhile (swapped is false).
+func (p *Pool) completedSlow(s *slot, it *item, swapped bool) {
+	if !swapped {
 		p.finish(s, *it, OutcomeCompleted, report{queued: true, started: true, at: it.at})
 		return
 	}
-	s.completed.Add(1) // the worker's own counter: no cache line shared with other workers
-	if p.closed.Load() {
-		p.settleCounted(OutcomeCompleted, report{})
-	}
+	s.countCompleted()
+	p.settleCounted(OutcomeCompleted, report{})
 }
 
 // settle is the one place where a task reaches its outcome: it counts it,

@@ -185,22 +185,37 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 		}
 		if p.guarded {
 			p.run(&w.slot, it)
-		} else if p.claim(&w.slot, &it) {
-			if p.opts.taskTimeout > 0 {
-				dc = newDeadlineContext(p, it.ctx, p.opts.taskTimeout)
-				ctx = dc
-			} else {
-				ctx = newTaskContext(p.base, it.ctx)
-			}
-			err := it.task(ctx)
-			if dc != nil {
-				dc.release()
-				dc = nil
-			}
-			if err != nil {
-				p.taskFailed(&w.slot, &it, ctx, err)
-			} else {
-				p.completedFast(&w.slot, &it)
+		} else {
+			// The claim, written out (a call would cost a tenth of the
+			// path): idle to running, unless the task is awaited (Job.Do may
+			// have taken it back) or abandoned.
+			swapped := w.state.CompareAndSwap(slotIdle, slotRunning)
+			_, awaits := it.ctx.(*awaited)
+			if swapped && !awaits && !p.abandoned.Load() || p.claimSlow(&w.slot, &it, swapped) {
+				if p.opts.taskTimeout > 0 {
+					dc = newDeadlineContext(p, it.ctx, p.opts.taskTimeout)
+					ctx = dc
+				} else {
+					ctx = newTaskContext(p.base, it.ctx)
+				}
+				err := it.task(ctx)
+				if dc != nil {
+					dc.release()
+					dc = nil
+				}
+				// The settling, written out: the worker counts its own
+				// completions while the pool is open; the rest is rare.
+				switch done := err == nil && w.state.CompareAndSwap(slotRunning, slotIdle); {
+				case done && !p.closed.Load():
+					w.countCompleted()
+				case done:
+					p.completedSlow(&w.slot, &it, true)
+				case err == nil: // Shutdown counted it Abandoned meanwhile
+					p.completedSlow(&w.slot, &it, false)
+				default:
+					p.taskFailed(&w.slot, &it, ctx, err)
+				}
+
 			}
 		}
 		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
@@ -210,12 +225,13 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 	}
 }
 
-// claim moves s from idle (or starting, for a loop's first task) to
-// running for it, and reports whether it may run: unless Shutdown has
-// abandoned it, or its waiter took it back (Job.Do), in which case claim
-// has settled it.
-func (p *Pool) claim(s *slot, it *item) bool {
-	if !s.state.CompareAndSwap(slotIdle, slotRunning) && !p.claimFirst(s) || p.abandoned.Load() {
+// claimSlow is the fast path's claim (see runTasks) for a loop's first
+// task (its slot is starting), for a task someone waits for, and after an
+// abandonment: it moves s to running and reports whether the task may run,
+// or settles it: Abandoned, or Dropped if its waiter took it back
+// (Job.Do). swapped tells whether the fast path moved s to running.
+func (p *Pool) claimSlow(s *slot, it *item, swapped bool) bool {
+	if !swapped && !s.state.CompareAndSwap(slotStarting, slotRunning) || p.abandoned.Load() {
 		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
 		return false
 	}
@@ -224,12 +240,6 @@ func (p *Pool) claim(s *slot, it *item) bool {
 		return false
 	}
 	return true
-}
-
-// claimFirst is claim's move for a loop's first task, whose slot is
-// starting; it fails when Shutdown has abandoned the task meanwhile.
-func (p *Pool) claimFirst(s *slot) bool {
-	return s.state.CompareAndSwap(slotStarting, slotRunning)
 }
 
 // taskFailed settles a task of the fast path that returned err.
