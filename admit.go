@@ -34,7 +34,14 @@ type submitMode uint8
 const (
 	applyPolicy submitMode = iota // Submit: the pool's Policy decides
 	neverWait                     // TrySubmit: reject it
+	keptFast                      // a kept task (WithAfterResponse): leave it unsettled for a goroutine (errKept)
 )
+
+// errKept is submit's answer in keptFast mode for a task that found no room
+// at once: counted Submitted but not settled, it goes to overflowKept on a
+// goroutine of its own, so that no policy (a hand-off, CallerRuns) holds
+// the response.
+var errKept = errors.New("bgpool: kept task needs the policy")
 
 // submit is the hot path: count the call, and hand the task to the queue
 // (or straight to a parked worker) if it has room. Everything else is in
@@ -55,7 +62,11 @@ func (p *Pool) submit(ctx context.Context, task Task, mode submitMode) error {
 	}
 	select {
 	case p.queue <- it: // admitted: a parked worker has it, or it waits in the queue
-		p.admitted()
+		// At the cap (the steady state under load) and open, nothing more
+		// is to do; admitted looks further.
+		if p.active.Load() < p.workers.Load() || p.abandoned.Load() {
+			p.admitted()
+		}
 		return nil
 	default: // the queue is full and no worker is parked
 		return p.overflow(ctx, it, mode)
@@ -102,6 +113,9 @@ func (p *Pool) overflow(ctx context.Context, it item, mode submitMode) error {
 	}
 	if mode == neverWait {
 		return p.reject(ErrOverloaded)
+	}
+	if mode == keptFast {
+		return errKept
 	}
 	if p.block {
 		// What Block does through an Overflow, without allocating one.
@@ -191,7 +205,17 @@ func (p *Pool) closingShard() <-chan struct{} {
 	return p.closingShards[rand.Uint32()%uint32(len(p.closingShards))]
 }
 
-// dropOldest is Overflow.DropOldest.
+// maxDropOldestTries bounds how many queued tasks one DropOldest may drop
+// while later submitters keep taking the room it makes, each of whose
+// tasks has displaced one then; past it the new task is dropped.
+const maxDropOldestTries = 1000
+
+// dropOldest is Overflow.DropOldest. It drops the oldest queued task to
+// make room for it, and if a submitter that came later took that room,
+// the next oldest, so that the new task is dropped only when the queue has
+// nothing older to drop (WithQueueSize(0)). p.mu keeps DropOldest callers
+// in line with each other and with Shutdown: once the pool is closed, it
+// takes nothing out of the queue that the drain would run.
 func (p *Pool) dropOldest(it item) error {
 	if p.closed.Load() {
 		return p.reject(ErrClosed)
@@ -208,20 +232,36 @@ func (p *Pool) dropOldest(it item) error {
 	if p.admitByStarting(it) {
 		return nil
 	}
-	if old, ok := p.takeTask(); ok {
+	var dropped []item
+	queued := false
+	p.mu.Lock()
+	if p.closed.Load() {
+		p.mu.Unlock()
+		return p.reject(ErrClosed)
+	}
+	for range maxDropOldestTries {
+		old, ok := p.takeTask()
+		if !ok { // nothing older to drop: this task is the oldest
+			break
+		}
+		dropped = append(dropped, old)
+		select {
+		case p.queue <- it:
+			queued = true
+		default: // a submitter that came later took the room: drop the next oldest
+			continue
+		}
+		break
+	}
+	p.mu.Unlock()
+	for _, old := range dropped {
 		p.settle(OutcomeDropped, report{ctx: old.ctx, queued: true, at: old.at})
-	} else { // the queue holds nothing to drop (WithQueueSize(0)): this task is the oldest
+	}
+	if !queued {
 		p.settle(OutcomeDropped, report{ctx: it.ctx})
 		return nil
 	}
-	select {
-	case p.queue <- it:
-		p.admitted()
-	default:
-		// A submitter waiting for room (Overflow.Wait) took the room: it was
-		// first, so this task is dropped as well.
-		p.settle(OutcomeDropped, report{ctx: it.ctx})
-	}
+	p.admitted()
 	return nil
 }
 

@@ -132,8 +132,7 @@ func balanced(s bgpool.Stats) bool {
 	if s.Queued < 0 || s.Running < 0 {
 		return false
 	}
-	return s.Submitted == s.Completed+s.Failed+s.Panicked+s.Dropped+s.Rejected+s.Abandoned+s.HandedOff+
-		uint64(s.Queued)+uint64(s.Running)
+	return s.Submitted == s.Ended()+uint64(s.Queued)+uint64(s.Running)
 }
 
 // verifyNoLeak waits up to 3s for the goroutines started since opt was taken

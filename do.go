@@ -139,7 +139,7 @@ func (c *awaited) end(err error, returned bool) {
 		}
 	}
 	if c.group != nil {
-		c.group.taskEnded(err)
+		c.group.taskEnded(c, err)
 		return
 	}
 	if c.future != nil {

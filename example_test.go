@@ -146,8 +146,6 @@ func (q *quota) Wait(ctx context.Context) error {
 	return ctx.Err()
 }
 
-func (q *quota) Allow() (bool, time.Duration) { return q.left.Add(-1) >= 0, 0 }
-
 func ExampleWithLimiter() {
 	q := &quota{}
 	q.left.Store(2)

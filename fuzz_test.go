@@ -634,7 +634,7 @@ func (r *fuzzRun) do(ctx context.Context, op fuzzOp) {
 		r.p.Tune(n)
 	case opStats:
 		s := r.p.Stats()
-		if settled(s) > s.Submitted {
+		if s.Ended() > s.Submitted {
 			r.problem("Stats: more tasks settled than submitted: %+v", s)
 		}
 		r.mu.Lock()
@@ -795,7 +795,7 @@ func runFuzzProgram(t *testing.T, prog fuzzProgram) {
 		t.Error(msg)
 	}
 	assert.Equal(t, r.calls.Load(), s.Submitted, "Submitted: got %d, want the number of calls", s.Submitted)
-	assert.Equal(t, s.Submitted, settled(s),
+	assert.Equal(t, s.Submitted, s.Ended(),
 		"Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned+HandedOff: %+v", s)
 	assert.Zero(t, s.Running, "Running at quiescence")
 	assert.Zero(t, s.Queued, "Queued at quiescence")

@@ -22,6 +22,12 @@ import (
 // more tasks to their own group while Wait waits. After Wait has returned,
 // Submit and TrySubmit return an error; make a new Group for new work.
 //
+// A task that returns the group's cancellation after a sibling failed
+// (context.Canceled, or the first error) is counted Failed in Stats, like
+// any task that returns an error, but is not passed to the error handler:
+// it failed because a sibling did, and the sibling's error is the one
+// logged.
+//
 // A Group task costs one allocation, the record Wait counts, with a task
 // value made once; NewGroup and Wait together cost eight, about 0.8 a task
 // in a fan-out of 10.
@@ -40,8 +46,9 @@ type Group struct {
 	state atomic.Uint64 // tasks admitted and not ended, plus groupWaiting and groupClosed
 	done  chan struct{} // closed when state becomes groupClosed: Wait may return
 
-	mu  sync.Mutex // guards err
-	err error      // the first error of a task
+	mu      sync.Mutex // guards err and firstBy
+	err     error      // the first error of a task
+	firstBy *awaited   // the task that failed first; nil for the abandonment
 }
 
 // The flags of Group.state; the low bits count the tasks.
@@ -220,21 +227,35 @@ func (g *Group) close() {
 	}
 }
 
-// taskEnded records how a task of the group ended.
-func (g *Group) taskEnded(err error) {
+// taskEnded records how c, a task of the group, ended.
+func (g *Group) taskEnded(c *awaited, err error) {
 	if err != nil {
-		g.fail(err)
+		g.failBy(c, err)
 	}
 	g.release()
 }
 
+// echoes reports whether err, which c returned, is only the group's
+// cancellation after another task failed: context.Canceled, or the first
+// error itself. Such a task is counted Failed, but not passed to the error
+// handler: the first failure is the one worth a log line.
+func (g *Group) echoes(c *awaited, err error) bool {
+	g.mu.Lock()
+	first, by := g.err, g.firstBy
+	g.mu.Unlock()
+	return first != nil && by != c && (errors.Is(err, context.Canceled) || errors.Is(err, first))
+}
+
 // fail records err if it is the group's first error, and then cancels the
 // group's context with err as the cause.
-func (g *Group) fail(err error) {
+func (g *Group) fail(err error) { g.failBy(nil, err) }
+
+// failBy is fail for an error of c's.
+func (g *Group) failBy(c *awaited, err error) {
 	g.mu.Lock()
 	first := g.err == nil
 	if first {
-		g.err = err
+		g.err, g.firstBy = err, c
 	}
 	g.mu.Unlock()
 	if first {

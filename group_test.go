@@ -504,3 +504,34 @@ func TestGroupSubmitAfterAFailureReportsTheGroupsError(t *testing.T) {
 	assert.NotErrorIs(t, err, bgpool.ErrOverloaded, "a failed lookup is not overload")
 	assert.ErrorIs(t, g.Wait(), lookup)
 }
+
+func TestGroupLogsOnlyTheFailureNotTheCancelledSiblings(t *testing.T) {
+	var logged []error
+	var mu sync.Mutex
+	p := newPool(t, 10, bgpool.WithErrorHandler(func(_ context.Context, err error) {
+		mu.Lock()
+		logged = append(logged, err)
+		mu.Unlock()
+	}))
+	g, _ := p.NewGroup(context.Background())
+	started := make(chan struct{}, 10)
+	for i := range 10 {
+		require.NoError(t, g.Submit(func(ctx context.Context) error {
+			started <- struct{}{}
+			if i == 0 {
+				for range 10 {
+					<-started // every sibling is running
+				}
+				return errLookup
+			}
+			<-ctx.Done() // cancelled by the failure
+			return ctx.Err()
+		}))
+	}
+	assert.ErrorIs(t, g.Wait(), errLookup)
+	shutdown(t, p)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, []error{errLookup}, logged, "one log line: the failure, not its cancelled siblings")
+	assert.Equal(t, uint64(10), p.Stats().Failed, "every task that returned an error is counted Failed")
+}

@@ -47,17 +47,31 @@ func (e *JobError) Unwrap() error { return e.Err }
 //
 //   - Under the Spill policy, a Job that finds no room is handed off, alone,
 //     on the submitting goroutine, instead of being dropped.
-//   - When Shutdown's drain ends with Jobs still queued, they are handed off
-//     in one batch instead of being abandoned. Shutdown keeps a share of its
-//     grace for that; see Shutdown.
+//   - When the time left to Shutdown's deadline comes down to what the
+//     queued Jobs need, they are taken out of the queue and handed off, in
+//     batches, on a goroutine of the pool's, instead of being abandoned at
+//     the deadline. See "Jobs and durable hand-off" in the package
+//     documentation.
 //
-// A Job handed off is counted HandedOff. If the Handoff returns an error (or
-// panics), the Job falls back to what would have happened without it,
-// Dropped under Spill and Abandoned at Shutdown, and the error goes to the
-// error handler. Plain tasks (closures) have nothing to hand off and are
-// never passed: they are dropped or abandoned as before. Jobs started, and
-// Jobs a worker holds while it waits for a rate-limit token, are not handed
-// off: they are abandoned at Shutdown's deadline like other tasks.
+// A Job handed off is counted HandedOff, batch by batch as the Handoff
+// accepts it. If the Handoff returns an error (or panics), the Jobs of that
+// call fall back to what would have happened without it, Dropped under
+// Spill and Abandoned at Shutdown, and the error goes to the error handler
+// (on the goroutine of the hand-off, never on Shutdown's); a *JobError
+// makes only its job fall back. Plain tasks (closures) have nothing to hand
+// off and are never passed: they are dropped or abandoned as before. Jobs
+// started, and Jobs a worker holds while it waits for a rate-limit token,
+// are not handed off: they are abandoned at Shutdown's deadline like other
+// tasks. Shutdown hands off only with a deadline: a ctx without one that is
+// cancelled abandons the queued Jobs, since nothing says how long the
+// hand-off may take.
+//
+// A call whose answer does not come by the deadline may still have stored
+// its Jobs (a commit whose reply was lost): Shutdown counts them Abandoned
+// when the call returns, and the error handler's message says that the
+// store may have them. To make such a Job safe to hand off twice, give it a
+// unique key in the store (River's unique jobs, UniqueOpts, see the
+// contrib/river module).
 //
 // The default is no Handoff. A nil h, also a typed nil, is an error.
 func WithHandoff(h Handoff) Option {

@@ -3,7 +3,6 @@ package bgpool
 import (
 	"context"
 	"errors"
-	"time"
 
 	"golang.org/x/time/rate"
 )
@@ -19,14 +18,13 @@ import (
 // for it. Wait returns nil when the task may start, or an error: the
 // context's, or the limiter's own failure, after which the pool drops the
 // task, counts it Dropped and passes the error to the error handler.
-// Allow is the non-waiting twin, for code that must decide at once (a
-// handler shedding load before it submits): it takes a token if one is
-// there and otherwise says how long until one should be.
+// Wait is all the pool calls, so it is all a Limiter needs, the shape of
+// semaphore.Weighted's Acquire; a limiter may offer more to its own users
+// (the contrib/redis Limiter's Allow, say).
 //
 // A Limiter must be safe for concurrent use: every worker calls it.
 type Limiter interface {
 	Wait(ctx context.Context) error
-	Allow() (ok bool, retryAfter time.Duration)
 }
 
 // WithLimiter makes every task wait for l before it starts; see Limiter.
@@ -48,12 +46,3 @@ type tokenBucket struct {
 }
 
 func (t tokenBucket) Wait(ctx context.Context) error { return t.lim.Wait(ctx) }
-
-func (t tokenBucket) Allow() (bool, time.Duration) {
-	r := t.lim.Reserve()
-	if d := r.Delay(); d > 0 {
-		r.Cancel()
-		return false, d
-	}
-	return true, 0
-}

@@ -37,15 +37,6 @@ func (l *gateLimiter) Wait(ctx context.Context) error {
 	}
 }
 
-func (l *gateLimiter) Allow() (bool, time.Duration) {
-	select {
-	case <-l.tokens:
-		return true, 0
-	default:
-		return false, time.Second
-	}
-}
-
 func TestWithLimiterGatesEveryTaskStart(t *testing.T) {
 	l := &gateLimiter{tokens: make(chan struct{})}
 	p := newPool(t, 2, bgpool.WithLimiter(l), bgpool.WithQueueSize(10))
@@ -82,7 +73,7 @@ func TestASlowLimiterDoesNotHoldShutdownPastItsDeadline(t *testing.T) {
 	assert.Less(t, time.Since(begin), time.Second, "Shutdown returns by its deadline")
 	s := p.Stats()
 	assert.Equal(t, uint64(1), s.Abandoned, "the task waiting for its token is abandoned: %+v", s)
-	assert.Equal(t, s.Submitted, settled(s))
+	assert.Equal(t, s.Submitted, s.Ended())
 	require.Eventually(t, func() bool { _, ok := seen.Load(bgpool.OutcomeAbandoned); return ok }, 5*time.Second, time.Millisecond)
 }
 
@@ -99,7 +90,7 @@ func TestAFailingLimiterDropsTheTaskAndReportsIt(t *testing.T) {
 	assert.False(t, ran)
 	s := p.Stats()
 	assert.Equal(t, uint64(1), s.Dropped)
-	assert.Equal(t, s.Submitted, settled(s))
+	assert.Equal(t, s.Submitted, s.Ended())
 	err, _ := handled.Load().(error)
 	assert.ErrorIs(t, err, boom)
 }
@@ -128,8 +119,7 @@ func TestWithRateLimitAndWithLimiterReplaceEachOther(t *testing.T) {
 
 type goexitLimiter struct{}
 
-func (goexitLimiter) Wait(context.Context) error   { runtime.Goexit(); return nil }
-func (goexitLimiter) Allow() (bool, time.Duration) { return true, 0 }
+func (goexitLimiter) Wait(context.Context) error { runtime.Goexit(); return nil }
 
 func TestALimiterThatCallsGoexitDropsTheTaskAndTellsDo(t *testing.T) {
 	var events []bgpool.TaskEvent

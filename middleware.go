@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -44,7 +45,11 @@ type middlewareOptions struct {
 // shedding: every request reaches the handler, which decides what to do
 // when Go returns ErrOverloaded.
 func WithShedding(retryAfter time.Duration) MiddlewareOption {
-	secs := max(int64(1), int64((retryAfter+time.Second-1)/time.Second))
+	secs := int64(retryAfter / time.Second) // divided first: rounding up by adding could overflow
+	if retryAfter%time.Second > 0 {
+		secs++
+	}
+	secs = max(1, secs)
 	return middlewareOptionFunc(func(o *middlewareOptions) {
 		o.shed = true
 		o.retryAfter = strconv.FormatInt(secs, 10)
@@ -58,19 +63,22 @@ func WithShedding(retryAfter time.Duration) MiddlewareOption {
 // it was when Go was called.
 //
 // If the handler panics (or calls runtime.Goexit), its kept tasks are
-// discarded and counted Submitted and Dropped, and the panic goes on to the
-// server untouched. Middleware does not recover it, so http.ErrAbortHandler
+// discarded, as Starlette discards the background tasks of a request that
+// failed: they are counted Submitted and Dropped, each is reported to the
+// error handler, and the panic goes on to the server untouched. Middleware does not recover it, so http.ErrAbortHandler
 // and the original stack trace reach the server or an outer recoverer as
 // they were.
 //
 // Once the handler has returned, the response is complete as far as the
 // handler is concerned, and holding ServeHTTP would hold the client: with a
 // chunked body the client sees the end of the response only when ServeHTTP
-// returns. So the kept tasks are submitted without waiting: the pool's
-// policy still decides what to do with a task that finds no room (Drop,
-// DropOldest, Reject, CallerRuns), but Block and BlockFor give up at once,
-// as if the submitter's context had ended. (CallerRuns runs the task on the
-// handler's goroutine, so the end of the response waits for it.) A task that is not admitted is
+// returns. So the kept tasks never hold the response: those a free worker
+// or the queue's room admit at once are submitted on the handler's
+// goroutine, and from the first that finds no room on, the rest go, in
+// order, to a goroutine of their own, where the pool's policy decides (Drop,
+// DropOldest, Reject, CallerRuns on that goroutine, Spill's hand-off), with
+// Block and BlockFor giving up at once, as if the submitter's context had
+// ended. Meanwhile they count as Waiting in Stats. A task that is not admitted is
 // counted Rejected by the pool, as every failed Submit is, and its error
 // (matching ErrOverloaded or ErrClosed) goes to the pool's error handler
 // with the request's values in its context. Go called after the handler has
@@ -139,6 +147,8 @@ type middleware struct {
 }
 
 func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	m.pool.handlers.enter()
+	defer m.pool.handlers.leave()
 	if m.opts.shed && m.pool.saturated() {
 		m.pool.countShed()
 		h := w.Header()
@@ -163,6 +173,50 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m.pool.submitKept(st.kept)
 }
 
+// handlers counts the requests that are in a handler behind Middleware,
+// hijacked connections included, so that Serve can wait for them before it
+// shuts the pool down: their tasks must still be admitted.
+type handlers struct {
+	n    atomic.Int64
+	mu   sync.Mutex
+	idle chan struct{} // made by wait, closed when n comes down to zero
+}
+
+func (h *handlers) enter() { h.n.Add(1) }
+
+func (h *handlers) leave() {
+	if h.n.Add(-1) != 0 {
+		return
+	}
+	h.mu.Lock()
+	if h.idle != nil {
+		close(h.idle)
+		h.idle = nil
+	}
+	h.mu.Unlock()
+}
+
+// wait blocks until no request is in a handler, or ctx ends.
+func (h *handlers) wait(ctx context.Context) error {
+	for {
+		h.mu.Lock()
+		if h.n.Load() == 0 {
+			h.mu.Unlock()
+			return nil
+		}
+		if h.idle == nil {
+			h.idle = make(chan struct{})
+		}
+		idle := h.idle
+		h.mu.Unlock()
+		select {
+		case <-idle: // the last one left; look again, as another may have come
+		case <-ctx.Done():
+			return fmt.Errorf("%d handlers behind Middleware (on hijacked connections, say) did not return in time: %w", h.n.Load(), ctx.Err())
+		}
+	}
+}
+
 // close marks the handler as returned and hands back the kept tasks.
 func (k *keptTasks) close() []item {
 	k.mu.Lock()
@@ -177,15 +231,49 @@ func (k *keptTasks) close() []item {
 // WithAfterResponse), and reports the ones the pool did not admit to the
 // error handler.
 func (p *Pool) submitKept(k *keptTasks) {
-	for _, it := range k.close() {
+	kept := k.close()
+	for i, it := range kept {
 		// A context with the request's values that is already done, so that a
 		// Block policy admits the task only if there is room now.
-		ctx, cancel := context.WithCancel(context.WithoutCancel(it.ctx))
-		cancel()
-		if err := p.Submit(ctx, it.task); err != nil {
-			p.handleError(it.ctx, fmt.Errorf("bgpool: task kept for after the response was not admitted: %w", err))
+		ctx := doneContext(it.ctx)
+		err := p.submit(ctx, it.task, keptFast)
+		if err == errKept { // no room: the policy decides, off the handler's goroutine
+			go p.overflowKept(ctx, kept[i:])
+			return
+		}
+		if err != nil {
+			p.keptRefused(it, err)
 		}
 	}
+}
+
+// overflowKept hands kept tasks to the policy, in order: the first was
+// counted Submitted by submitKept already, the others are submitted now.
+func (p *Pool) overflowKept(ctx context.Context, kept []item) {
+	first := kept[0]
+	it := item{ctx: ctx, task: first.task}
+	if p.stamp {
+		it.at = p.now()
+	}
+	if err := p.overflow(ctx, it, applyPolicy); err != nil {
+		p.keptRefused(first, err)
+	}
+	for _, it := range kept[1:] {
+		if err := p.Submit(doneContext(it.ctx), it.task); err != nil {
+			p.keptRefused(it, err)
+		}
+	}
+}
+
+func (p *Pool) keptRefused(it item, err error) {
+	p.handleError(it.ctx, fmt.Errorf("bgpool: task kept for after the response was not admitted: %w", err))
+}
+
+// doneContext returns a context with ctx's values that has already ended.
+func doneContext(ctx context.Context) context.Context {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	cancel()
+	return ctx
 }
 
 // FromContext returns the pool that Middleware attached to ctx, or false if

@@ -7,10 +7,13 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -481,7 +484,9 @@ func TestWithAfterResponseReportsTasksThePoolDidNotAdmit(t *testing.T) {
 				default:
 				}
 			}
-			tt.check(t, p.Stats())
+			// A kept task that found no room is settled off the handler's
+			// goroutine: wait for it.
+			tt.check(t, waitStats(t, p, func(s bgpool.Stats) bool { return s.Waiting == 0 }))
 		})
 	}
 }
@@ -587,4 +592,61 @@ func TestStatsHandler(t *testing.T) {
 		assert.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode)
 		assert.Equal(t, "GET, HEAD", resp.Header.Get("Allow"))
 	})
+}
+
+func TestWithAfterResponseNeverHoldsTheResponseForTheOverflow(t *testing.T) {
+	// Spill with a store that does not answer: the kept Jobs the pool
+	// cannot admit go to the hand-off off the handler's goroutine.
+	s := &store{perCall: time.Second} // far longer than a response
+	p := httpPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Spill), bgpool.WithHandoff(s), quietLogger())
+	release := hold(t, p)
+	defer release()
+	job := bgpool.NewJob(func(context.Context, mailArgs) error { return nil })
+	var goErrs atomic.Int64
+	h := bgpool.Middleware(p, bgpool.WithAfterResponse())(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for range 3 {
+			if job.Go(r, mailArgs{}) != nil {
+				goErrs.Add(1)
+			}
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	srv := httpServer(t, h)
+	start := time.Now()
+	resp, body := get(t, srv.URL)
+	assert.Equal(t, http.StatusAccepted, resp.StatusCode, body)
+	assert.Less(t, time.Since(start), time.Second, "the response is not held by the hand-off")
+	assert.Zero(t, goErrs.Load(), "Go keeps the Jobs")
+	waitStats(t, p, func(s bgpool.Stats) bool { return s.Waiting >= 1 })
+}
+
+func TestWithAfterResponseReportsTheTasksOfAPanickingHandler(t *testing.T) {
+	var reported atomic.Int64
+	p := httpPool(t, 1, bgpool.WithErrorHandler(func(_ context.Context, err error) {
+		if strings.Contains(err.Error(), "handler panicked") {
+			reported.Add(1)
+		}
+	}))
+	job := bgpool.NewJob(func(context.Context, mailArgs) error { return nil })
+	h := bgpool.Middleware(p, bgpool.WithAfterResponse())(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = job.Go(r, mailArgs{})
+		_ = job.Go(r, mailArgs{})
+		panic(http.ErrAbortHandler) // as httputil.ReverseProxy does
+	}))
+	srv := httpServer(t, h)
+	_, err := http.Get(srv.URL)
+	require.Error(t, err, "the aborted handler closes the connection")
+	waitStats(t, p, func(s bgpool.Stats) bool { return s.Dropped == 2 })
+	assert.Equal(t, int64(2), reported.Load(), "each discarded Job reaches the error handler")
+}
+
+func TestWithSheddingSaturatesAHugeRetryAfter(t *testing.T) {
+	p := httpPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Reject))
+	release := hold(t, p)
+	defer release()
+	h := bgpool.Middleware(p, bgpool.WithShedding(math.MaxInt64))(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	srv := httpServer(t, h)
+	resp, _ := get(t, srv.URL)
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	assert.Equal(t, strconv.FormatInt(math.MaxInt64/int64(time.Second)+1, 10), resp.Header.Get("Retry-After"))
 }

@@ -221,7 +221,7 @@ func TestRateLimitedWorkersWaitForTokensHoldingTheirTasks(t *testing.T) {
 		assert.Equal(t, 6, s.Queued, "tasks waiting for a token count as Queued")
 		assert.Equal(t, 0, s.Running)
 		assert.Equal(t, uint64(1), s.Completed)
-		assert.Equal(t, s.Submitted, settled(s)+uint64(s.Queued+s.Running))
+		assert.Equal(t, s.Submitted, s.Ended()+uint64(s.Queued+s.Running))
 
 		time.Sleep(2*time.Second + time.Millisecond) // a token a second
 		synctest.Wait()
@@ -237,7 +237,7 @@ func TestRateLimitedWorkersWaitForTokensHoldingTheirTasks(t *testing.T) {
 		synctest.Wait()
 		s = p.Stats()
 		assert.Equal(t, uint64(4), s.Abandoned)
-		assert.Equal(t, s.Submitted, settled(s))
+		assert.Equal(t, s.Submitted, s.Ended())
 	})
 }
 

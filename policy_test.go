@@ -62,7 +62,7 @@ func TestBlockIsInterruptedByShutdown(t *testing.T) {
 	require.NoError(t, <-shut)
 	s := p.Stats()
 	assert.Equal(t, uint64(1), s.Rejected)
-	assert.Equal(t, s.Submitted, settled(s))
+	assert.Equal(t, s.Submitted, s.Ended())
 }
 
 func TestBlockAdmitsWaitersInFIFOOrder(t *testing.T) {
@@ -275,4 +275,35 @@ func TestOverflowActionsSettleOnlyOnce(t *testing.T) {
 	s := p.Stats()
 	assert.Equal(t, uint64(1), s.Dropped)
 	assert.Equal(t, uint64(0), s.Rejected)
+}
+
+func TestDropOldestDropsAnOlderTaskWhenALaterSubmitterTakesTheRoom(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(1), bgpool.WithPolicy(bgpool.DropOldest))
+	release := hold(t, p)
+	defer release()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { // a later submitter that takes any room at once
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_ = p.TrySubmit(context.Background(), noop)
+			}
+		}
+	})
+	ownDropped := 0
+	for range 2000 {
+		f, err := bgpool.Submit(context.Background(), p, func(context.Context) (int, error) { return 0, nil })
+		require.NoError(t, err)
+		select {
+		case <-f.Done(): // settled during its own Submit: dropped, although an older task was queued
+			ownDropped++
+		default:
+		}
+	}
+	close(stop)
+	wg.Wait()
+	assert.Zero(t, ownDropped, "DropOldest dropped the new task while older ones were queued")
 }

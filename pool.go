@@ -52,6 +52,7 @@ type Pool struct {
 	limiter Limiter         // nil without a rate limit
 	stamp   bool            // tasks need their admission time (WithMaxQueueWait, WithObserver)
 	block   bool            // the policy is Block: submit waits without an Overflow (see isBlock)
+	guarded bool            // tasks run through run, not the workers' fast path (see runTasks)
 	epoch   time.Time       // the origin of the pool's clock (see now)
 	base    context.Context // parent of every task's cancellation
 	cancel  context.CancelCauseFunc
@@ -83,6 +84,11 @@ type Pool struct {
 	waiting    atomic.Int64 // submitters blocked in wait, for Tune
 	handingOff atomic.Int64 // Jobs Shutdown took from the queue to hand off, not yet counted (see handOffQueued)
 	handoffs   handoffs
+	handlers   handlers // requests in a handler behind Middleware, for Serve
+
+	releasing     atomic.Bool   // release waits for the worker loops to return
+	loopsGone     chan struct{} // closed when they have (see left)
+	loopsGoneOnce sync.Once
 
 	stats counters
 
@@ -150,11 +156,13 @@ func New(size int, opts ...Option) (*Pool, error) {
 		limiter: o.limiter,
 		stamp:   o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil,
 		block:   isBlock(o.policy),
+		guarded: o.limiter != nil || o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil,
 		epoch:   time.Now(),
 		done:    make(chan struct{}),
 
 		abandonedCh: make(chan struct{}),
 		released:    make(chan struct{}),
+		loopsGone:   make(chan struct{}),
 		callers:     make(map[*slot]struct{}),
 	}
 	for i := range p.closingShards {

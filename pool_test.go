@@ -86,11 +86,6 @@ func fill(t *testing.T, p *bgpool.Pool, workers int) *gate {
 
 func noop(context.Context) error { return nil }
 
-// settled is the sum of the final outcomes in s.
-func settled(s bgpool.Stats) uint64 {
-	return s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned + s.HandedOff
-}
-
 func TestNewRejectsBadConfiguration(t *testing.T) {
 	tests := []struct {
 		name string
@@ -240,7 +235,7 @@ func TestNeverMoreThanSizeTasksRunAtOnce(t *testing.T) {
 				assert.LessOrEqual(t, maxQueued.Load(), int64(queue), "peak queue length")
 				s := p.Stats()
 				assert.Equal(t, uint64(8*500), s.Submitted)
-				assert.Equal(t, s.Submitted, settled(s), "accounting: %+v", s)
+				assert.Equal(t, s.Submitted, s.Ended(), "accounting: %+v", s)
 			})
 		}
 	}
@@ -405,7 +400,7 @@ func TestTuneUnderLoadNeverExceedsTheCap(t *testing.T) {
 	assert.Zero(t, violations.Load())
 	assert.LessOrEqual(t, tr.peak.Load(), int64(8))
 	s := p.Stats()
-	assert.Equal(t, s.Submitted, settled(s))
+	assert.Equal(t, s.Submitted, s.Ended())
 	assert.Equal(t, uint64(8000), s.Completed, "Block loses nothing")
 }
 
@@ -436,7 +431,7 @@ func TestShutdownDrainsQueuedAndRunningTasks(t *testing.T) {
 	s := p.Stats()
 	assert.Equal(t, uint64(12), s.Completed)
 	assert.Equal(t, s.Submitted-12, s.Rejected, "submits after Shutdown are counted Rejected")
-	assert.Equal(t, s.Submitted, settled(s))
+	assert.Equal(t, s.Submitted, s.Ended())
 	require.NoError(t, p.Shutdown(context.Background()), "a second Shutdown is fine")
 }
 
@@ -485,7 +480,7 @@ func TestShutdownDeadlineAbandonsAndCancelsTasks(t *testing.T) {
 	s = p.Stats()
 	assert.Equal(t, uint64(5), s.Abandoned)
 	assert.Equal(t, uint64(0), s.Completed+s.Failed)
-	assert.Equal(t, s.Submitted, settled(s))
+	assert.Equal(t, s.Submitted, s.Ended())
 
 	err = p.Shutdown(context.Background())
 	assert.ErrorContains(t, err, "5 tasks were abandoned")
@@ -559,7 +554,7 @@ func TestTaskSubmittingToItsOwnFullPoolDoesNotDeadlock(t *testing.T) {
 			}
 			shutdown(t, p)
 			s := p.Stats()
-			assert.Equal(t, s.Submitted, settled(s))
+			assert.Equal(t, s.Submitted, s.Ended())
 		})
 	}
 }
@@ -618,7 +613,7 @@ func TestAccountingInvariantUnderConcurrentLoadWithShutdown(t *testing.T) {
 			}
 			s := p.Stats()
 			assert.Equal(t, submitted.Load(), s.Submitted)
-			assert.Equal(t, s.Submitted, settled(s), "Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned+HandedOff: %+v", s)
+			assert.Equal(t, s.Submitted, s.Ended(), "Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned+HandedOff: %+v", s)
 			assert.Zero(t, s.Running)
 			assert.Zero(t, s.Queued)
 		})

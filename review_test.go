@@ -57,7 +57,7 @@ func TestReviewObserverGoexitCountsATaskTwice(t *testing.T) {
 		once.Do(runtime.Goexit)
 	}))
 	require.NoError(t, p.Submit(context.Background(), noop))
-	s := waitStats(t, p, func(s bgpool.Stats) bool { return settled(s) >= 1 && s.Running == 0 })
+	s := waitStats(t, p, func(s bgpool.Stats) bool { return s.Ended() >= 1 && s.Running == 0 })
 	time.Sleep(50 * time.Millisecond) // let the replacement loop settle anything else
 	s = p.Stats()
 	assert.Equal(t, uint64(1), s.Completed+s.Failed, "one task, counted once: got %+v", s)

@@ -215,6 +215,12 @@ func serve(ctx context.Context, srv *http.Server, ln net.Listener, p *Pool, grac
 			errs = append(errs, fmt.Errorf("bgpool: serve: %w", err))
 		}
 	}
+	// srv.Shutdown does not wait for hijacked connections (a websocket,
+	// say): their handlers may still submit tasks, so the pool stays open
+	// until they have returned too, within the one deadline.
+	if err := p.handlers.wait(sctx); err != nil {
+		errs = append(errs, fmt.Errorf("bgpool: serve: %w", err))
+	}
 	if err := p.Shutdown(sctx); err != nil {
 		errs = append(errs, err)
 	}

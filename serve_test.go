@@ -414,3 +414,71 @@ func TestServeCountsTheShutdownDelayInsideGrace(t *testing.T) {
 	assert.Less(t, elapsed, grace+delay-300*time.Millisecond, "the delay is part of grace, not added to it")
 	assert.Equal(t, uint64(1), p.Stats().Abandoned)
 }
+
+func TestServeWaitsForHijackedHandlersAndAdmitsTheirTasks(t *testing.T) {
+	p := httpPool(t, 2)
+	hijacked, release := make(chan struct{}), make(chan struct{})
+	submitted := make(chan error, 1)
+	ran := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			submitted <- err
+			return
+		}
+		defer conn.Close()
+		close(hijacked)
+		<-release // the websocket lives on after SIGTERM
+		submitted <- bgpool.Go(r, func(context.Context) error { close(ran); return nil })
+	})
+	ln := listen(t)
+	result, stop := startServe(t, newServer(t, bgpool.Middleware(p)(mux)), ln, p, 5*time.Second)
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.NoError(t, err)
+	receive(t, hijacked, 5*time.Second, "the handler did not hijack its connection")
+	stop() // SIGTERM
+	select {
+	case err := <-result:
+		t.Fatalf("Serve returned %v while a hijacked handler was still running", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	assert.NoError(t, receive(t, submitted, 5*time.Second, "the handler did not submit"), "its task is admitted")
+	receive(t, ran, 5*time.Second, "the task did not run")
+	assert.NoError(t, receive(t, result, 5*time.Second, "Serve did not return"))
+}
+
+func TestServeKeepsItsGraceWhenTheHandoffDoesNotAnswer(t *testing.T) {
+	// A request that uses most of the grace, and a Job queued behind it
+	// for a store that never answers: Serve still returns at its deadline.
+	h := &store{perCall: time.Hour}
+	p, err := bgpool.New(1, bgpool.WithHandoff(h), bgpool.WithQueueSize(4), quietLogger())
+	require.NoError(t, err)
+	job := bgpool.NewJob(func(ctx context.Context, _ mailArgs) error { <-ctx.Done(); return ctx.Err() })
+	inHandler := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		_ = job.Go(r, mailArgs{}) // takes the worker until the deadline
+		_ = job.Go(r, mailArgs{}) // queued: handed off at Shutdown
+		close(inHandler)
+		time.Sleep(600 * time.Millisecond) // uses the grace
+	})
+	ln := listen(t)
+	result, stop := startServe(t, newServer(t, bgpool.Middleware(p)(mux)), ln, p, time.Second)
+	go func() {
+		resp, err := http.Get("http://" + ln.Addr().String() + "/")
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	receive(t, inHandler, 5*time.Second, "the request did not reach the handler")
+	start := time.Now()
+	stop()
+	err = receive(t, result, 10*time.Second, "Serve did not return")
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Less(t, time.Since(start), 1500*time.Millisecond, "Serve returns at its one deadline: %v", err)
+}

@@ -551,10 +551,13 @@ func refusedJobs(err error, n int) []bool {
 }
 
 // release releases ants once, and makes sure no worker loop starts after
-// it. After a drain it waits for ants' goroutines to exit (our loops among
-// them) and then closes p.released; Shutdown waits for that within its ctx.
-// After an abandonment it does not wait: workers still running abandoned
-// tasks exit when those return.
+// it. After a drain it waits for every worker loop to return, on a channel
+// that the last one closes (see left), then releases ants, whose own
+// goroutines exit right after on their own, and closes p.released;
+// Shutdown waits for that within its ctx. (ants' ReleaseContext would wait
+// for its goroutines too, but it spins until they are gone, which kept a
+// core busy for milliseconds.) After an abandonment it does not wait:
+// workers still running abandoned tasks exit when those return.
 func (p *Pool) release() {
 	p.releaseOnce.Do(func() {
 		p.mu.Lock()
@@ -564,13 +567,24 @@ func (p *Pool) release() {
 			p.reaper.Stop()
 		}
 		p.mu.Unlock()
-		switch {
-		case a == nil: // no worker ever started
-		case p.abandoned.Load():
+		if a != nil && !p.abandoned.Load() {
+			p.releasing.Store(true)
+			p.left()
+			<-p.loopsGone
+		}
+		if a != nil {
 			a.Release()
-		default:
-			_ = a.ReleaseContext(context.Background())
 		}
 		close(p.released)
 	})
+}
+
+// left runs after a worker loop has left active: once release waits for
+// the loops and none is left, it tells release. The loop leaves active and
+// then reads releasing, release sets releasing and then reads active, so
+// one of the two sees the other.
+func (p *Pool) left() {
+	if p.active.Load() == 0 && p.releasing.Load() {
+		p.loopsGoneOnce.Do(func() { close(p.loopsGone) })
+	}
 }

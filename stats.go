@@ -2,6 +2,7 @@ package bgpool
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"time"
 )
@@ -33,6 +34,13 @@ type Stats struct {
 	HandedOff uint64 // Jobs the pool's Handoff accepted: under Spill, or queued when Shutdown's drain ended (see WithHandoff)
 
 	Shed uint64 // requests answered 503 by Middleware's WithShedding; requests, not tasks, so not part of the sum above
+}
+
+// Ended returns how many tasks reached an outcome: Completed + Failed +
+// Panicked + Dropped + Rejected + Abandoned + HandedOff. Every snapshot
+// satisfies Submitted == s.Ended() + Queued + Running.
+func (s Stats) Ended() uint64 {
+	return s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned + s.HandedOff
 }
 
 // counters are a pool's outcome counters, each on its own cache line. The
@@ -94,6 +102,23 @@ type report struct {
 	at      time.Duration   // admission time, on the pool's clock (see Pool.now)
 	ran     time.Duration
 	err     error
+}
+
+// countCompleted counts a task that a worker's fast path completed (see
+// runTasks), while the pool is open: in the worker's own counter, which no
+// other worker's cache line shares, with nothing to tell.
+func (s *slot) countCompleted() { s.completed.Add(1) }
+
+// completedSlow settles a task of a worker's fast path that returned nil
+// once Shutdown has begun, or when it has counted the task Abandoned
+// meanwhile (swapped is false).
+func (p *Pool) completedSlow(s *slot, it *item, swapped bool) {
+	if !swapped {
+		p.finish(s, *it, OutcomeCompleted, report{queued: true, started: true, at: it.at})
+		return
+	}
+	s.countCompleted()
+	p.settleCounted(OutcomeCompleted, report{})
 }
 
 // settle is the one place where a task reaches its outcome: it counts it,
@@ -190,7 +215,7 @@ func (p *Pool) Stats() Stats {
 			Abandoned: p.stats.load(OutcomeAbandoned),
 			HandedOff: p.stats.load(OutcomeHandedOff),
 		}
-		ended = s.Completed + s.Failed + s.Panicked + s.Dropped + s.Rejected + s.Abandoned + s.HandedOff
+		ended = s.Ended()
 		// Slots before the queue: a task moves from the queue to a slot,
 		// so read in this order it is seen at most once.
 		held, executing = p.countSlots()
@@ -264,8 +289,10 @@ func (p *Pool) countShed() { p.stats.shed.Add(1) }
 // discarded, never submitted, because the handler panicked: each is counted
 // Submitted and Dropped, so that Stats' sum still adds up.
 func (p *Pool) countDiscarded(tasks []item) {
-	for range tasks {
+	for _, it := range tasks {
 		p.stats.addSubmitted()
-		p.settle(OutcomeDropped, report{})
+		err := errors.New("bgpool: task kept for after the response discarded: the handler panicked")
+		p.handleError(it.ctx, err)
+		p.settle(OutcomeDropped, report{err: err})
 	}
 }

@@ -164,7 +164,7 @@ func TestSubmitRacingShutdownFromManyGoroutines(t *testing.T) {
 
 			s := p.Stats()
 			assert.Equal(t, uint64(goroutines*perGoroutine), s.Submitted)
-			assert.Equal(t, s.Submitted, settled(s), "Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned+HandedOff: %+v", s)
+			assert.Equal(t, s.Submitted, s.Ended(), "Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned+HandedOff: %+v", s)
 			assert.Equal(t, nils, s.Completed+s.Dropped, "Submit returned nil: the task completed or was dropped")
 			assert.Equal(t, overloaded+closed, s.Rejected, "Submit returned an error: the task was rejected")
 			assert.Zero(t, s.Abandoned)
@@ -254,7 +254,7 @@ func TestShutdownTwiceConcurrentlyWithAnExpiringDeadline(t *testing.T) {
 			require.Eventually(t, func() bool { return p.Stats().Running == 0 }, 5*time.Second, time.Millisecond)
 			s = p.Stats()
 			assert.Equal(t, uint64(size+queued), s.Abandoned, "abandoned tasks that return are not counted again")
-			assert.Equal(t, s.Submitted, settled(s), "%+v", s)
+			assert.Equal(t, s.Submitted, s.Ended(), "%+v", s)
 			assert.ErrorContains(t, p.Shutdown(context.Background()), fmt.Sprintf("%d tasks were abandoned", size+queued))
 		})
 	}
@@ -302,7 +302,7 @@ func TestShutdownReleasesEveryWorkerBlockedSubmittingToItsOwnPool(t *testing.T) 
 			}
 			s := p.Stats()
 			assert.Equal(t, uint64(size*5), s.Submitted)
-			assert.Equal(t, s.Submitted, settled(s), "%+v", s)
+			assert.Equal(t, s.Submitted, s.Ended(), "%+v", s)
 			assert.Zero(t, s.Abandoned)
 		})
 	}

@@ -91,6 +91,7 @@ func (p *Pool) startLoopLocked(w *worker, first *item) {
 		p.free = append(p.free, w)
 		p.mu.Unlock()
 		p.active.Add(-1)
+		p.left()
 		if first != nil {
 			p.settle(OutcomeAbandoned, report{ctx: first.ctx, queued: true, at: first.at})
 		}
@@ -124,29 +125,138 @@ func (p *Pool) startLoopLocked(w *worker, first *item) {
 // loop is the body of a worker: it runs tasks from the queue until it
 // retires (idle, surplus after Tune, or Shutdown with nothing left).
 func (w *worker) loop() {
-	p := w.pool
 	it, ok := w.first, w.hasFirst
 	w.first, w.hasFirst = item{}, false
-	finished := false
-	defer func() {
-		if !finished { // a task, its observer or its error handler called runtime.Goexit
-			p.taskExited(w)
-		}
-	}()
-	for {
-		if !ok {
-			if it, ok = p.next(w); !ok {
-				finished = true
-				return
-			}
-		}
+	for w.runTasks(it, ok) { // a task panicked: the guard has settled it; go on
 		ok = false
-		p.run(&w.slot, it)
-		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
-			finished = true
+	}
+}
+
+// runTasks runs tasks, first the one given if has, until w retires; it
+// returns true when a task panicked, once the panic is settled.
+//
+// A plain pool (no limiter, maximum queue wait, observer or wrapper) runs
+// each task on the fast path below, whose panic guard is this function's
+// one deferred call rather than one per task: a panic unwinds to it, it
+// settles the task Panicked, and loop calls runTasks again. A
+// runtime.Goexit in a task runs the guard too, which hands the worker over
+// (taskExited). Other pools run each task through run, which guards it.
+func (w *worker) runTasks(first item, has bool) (panicked bool) {
+	p := w.pool
+	var it item             // the task in hand, for the guard
+	var ctx context.Context // its context, for the error handler
+	var dc *deadlineContext // its deadline, to release
+	returned := false
+	defer func() {
+		if returned {
 			return
 		}
+		v := recover()
+		if v == nil { // a task, its observer or its error handler called runtime.Goexit
+			p.taskExited(w)
+			return
+		}
+		if dc != nil {
+			dc.release()
+		}
+		exited := true
+		defer func() {
+			if exited { // the error handler called runtime.Goexit
+				p.taskExited(w)
+			}
+		}()
+		p.taskPanicked(&w.slot, it, ctx, v, debug.Stack())
+		exited = false
+		panicked = true
+	}()
+	for {
+		if has {
+			it, has = first, false
+		} else {
+			select {
+			case it = <-p.queue: // the common case under load
+			default:
+				var ok bool
+				if it, ok = p.next(w); !ok {
+					returned = true
+					return false
+				}
+			}
+		}
+		if p.guarded {
+			p.run(&w.slot, it)
+		} else {
+			// The claim, written out (a call would cost a tenth of the
+			// path): idle to running, unless the task is awaited (Job.Do may
+			// have taken it back) or abandoned.
+			swapped := w.state.CompareAndSwap(slotIdle, slotRunning)
+			_, awaits := it.ctx.(*awaited)
+			if swapped && !awaits && !p.abandoned.Load() || p.claimSlow(&w.slot, &it, swapped) {
+				if p.opts.taskTimeout > 0 {
+					dc = newDeadlineContext(p, it.ctx, p.opts.taskTimeout)
+					ctx = dc
+				} else {
+					ctx = newTaskContext(p.base, it.ctx)
+				}
+				err := it.task(ctx)
+				if dc != nil {
+					dc.release()
+					dc = nil
+				}
+				// The settling, written out: the worker counts its own
+				// completions while the pool is open; the rest is rare.
+				switch done := err == nil && w.state.CompareAndSwap(slotRunning, slotIdle); {
+				case done && !p.closed.Load():
+					w.countCompleted()
+				case done:
+					p.completedSlow(&w.slot, &it, true)
+				case err == nil: // Shutdown counted it Abandoned meanwhile
+					p.completedSlow(&w.slot, &it, false)
+				default:
+					p.taskFailed(&w.slot, &it, ctx, err)
+				}
+
+			}
+		}
+		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
+			returned = true
+			return false
+		}
 	}
+}
+
+// claimSlow is the fast path's claim (see runTasks) for a loop's first
+// task (its slot is starting), for a task someone waits for, and after an
+// abandonment: it moves s to running and reports whether the task may run,
+// or settles it: Abandoned, or Dropped if its waiter took it back
+// (Job.Do). swapped tells whether the fast path moved s to running.
+func (p *Pool) claimSlow(s *slot, it *item, swapped bool) bool {
+	if !swapped && !s.state.CompareAndSwap(slotStarting, slotRunning) || p.abandoned.Load() {
+		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
+		return false
+	}
+	if c, ok := it.ctx.(*awaited); ok && !c.claim() { // Job.Do's waiter took it back
+		p.finish(s, *it, OutcomeDropped, report{queued: true, at: it.at})
+		return false
+	}
+	return true
+}
+
+// taskFailed settles a task of the fast path that returned err.
+func (p *Pool) taskFailed(s *slot, it *item, ctx context.Context, err error) {
+	if !p.abandoned.Load() && !echoesGroup(*it, err) {
+		p.handleError(ctx, err)
+	}
+	p.finish(s, *it, OutcomeFailed, report{queued: true, started: true, at: it.at, err: err})
+}
+
+// taskPanicked settles a task of the fast path that panicked with v.
+func (p *Pool) taskPanicked(s *slot, it item, ctx context.Context, v any, stack []byte) {
+	err := &PanicError{Value: v, Stack: stack}
+	if !p.abandoned.Load() {
+		p.handleError(ctx, err)
+	}
+	p.finish(s, it, OutcomePanicked, report{queued: true, started: true, at: it.at, err: err})
 }
 
 // next returns the next task for w, parking until one comes, or reports
@@ -253,6 +363,7 @@ func (p *Pool) retire(w *worker, why retirement) bool {
 	p.mu.Lock()
 	p.free = append(p.free, w)
 	p.mu.Unlock()
+	p.left()
 	if why == closing {
 		p.checkDrained()
 	}
@@ -538,13 +649,20 @@ func (p *Pool) execute(it item, queued bool) (out Outcome, ran time.Duration, er
 	if err == nil {
 		return OutcomeCompleted, ran, nil
 	}
-	if !p.abandoned.Load() {
+	if !p.abandoned.Load() && !echoesGroup(it, err) {
 		p.handleError(ctx, err)
 	}
 	if isPanic {
 		return OutcomePanicked, ran, err
 	}
 	return OutcomeFailed, ran, err
+}
+
+// echoesGroup reports whether it is a Group's task whose err only echoes a
+// sibling's failure (see Group).
+func echoesGroup(it item, err error) bool {
+	c, ok := it.ctx.(*awaited)
+	return ok && c.group != nil && c.group.echoes(c, err)
 }
 
 // call runs task, turning a panic into a *PanicError.

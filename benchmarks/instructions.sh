@@ -6,6 +6,8 @@
 # it counts a run of N tasks and a run of none, one submitter, GOMAXPROCS=1,
 # 64 workers and a queue of 1,024, and prints (Ir(N) - Ir(0)) / N, and the
 # ratio to the mode's floor (channel for Submit, channel-do for Do).
+# Asynchronous preemption is off (GODEBUG=asyncpreemptoff=1): its signals
+# crash callgrind now and then, and with one P they only add noise.
 #
 # Usage, inside benchmarks/:
 #
@@ -35,7 +37,7 @@ modes=${*:-channel bgpool bgpool-timeout channel-do do}
 # count MODE TASKS: the instructions of one run
 count() {
 	out=$(dirname "$bin")/callgrind.out.$1.$2
-	GOMAXPROCS=1 valgrind --tool=callgrind --callgrind-out-file="$out" \
+	GOMAXPROCS=1 GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind --callgrind-out-file="$out" \
 		"$bin" -mode "$1" -n "$2" >/dev/null 2>&1
 	if [ "${PROFILE:-}" = 1 ] && [ "$2" != 0 ]; then
 		cp "$out" "callgrind.out.$1"

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -514,4 +515,59 @@ func (s *sampler) stop(b *testing.B) {
 	b.ReportMetric(float64(s.peakHeap), "peak-heap-B")
 	b.ReportMetric(float64(s.peakStack), "peak-stack-B")
 	b.ReportMetric(float64(s.peakG), "peak-goroutines")
+}
+
+// BenchmarkIdleShutdown measures how long Shutdown takes on an idle pool
+// (one task run, its worker parked), as shutdown-µs, the median over the
+// iterations; and the same for a channel pool (close the channel, wait for
+// the workers). Each iteration makes a new pool, so ns/op includes New and
+// the one task.
+func BenchmarkIdleShutdown(b *testing.B) {
+	b.Run("pool=bgpool", func(b *testing.B) {
+		b.ReportAllocs()
+		var took []time.Duration
+		for b.Loop() {
+			p, err := bgpool.New(8)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := p.Do(context.Background(), func(context.Context) error { return nil }); err != nil {
+				b.Fatal(err)
+			}
+			start := time.Now()
+			if err := p.Shutdown(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			took = append(took, time.Since(start))
+		}
+		reportMedian(b, took)
+	})
+	b.Run("pool=channel", func(b *testing.B) {
+		b.ReportAllocs()
+		var took []time.Duration
+		for b.Loop() {
+			ch := make(chan func(), 8)
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				for f := range ch {
+					f()
+				}
+			})
+			done := make(chan struct{})
+			ch <- func() { close(done) }
+			<-done
+			start := time.Now()
+			close(ch)
+			wg.Wait()
+			took = append(took, time.Since(start))
+		}
+		reportMedian(b, took)
+	})
+}
+
+func reportMedian(b *testing.B, took []time.Duration) {
+	slices.Sort(took)
+	if len(took) > 0 {
+		b.ReportMetric(float64(took[len(took)/2].Nanoseconds())/1e3, "shutdown-µs")
+	}
 }

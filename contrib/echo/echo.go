@@ -1,9 +1,9 @@
-// Package bgpoolecho adapts bgpool's HTTP middleware to Echo (v4).
+// Package bgecho adapts bgpool's HTTP middleware to Echo (v4).
 //
 //	e := echo.New()
-//	e.Use(middleware.Recover(), bgpoolecho.Middleware(pool))
+//	e.Use(middleware.Recover(), bgecho.Middleware(pool))
 //	e.POST("/signup", func(c echo.Context) error {
-//		if err := bgpoolecho.Go(c, sendWelcomeMail); err != nil {
+//		if err := bgecho.Go(c, sendWelcomeMail); err != nil {
 //			c.Response().Header().Set("Retry-After", "1")
 //			return c.String(http.StatusServiceUnavailable, "too busy, retry later")
 //		}
@@ -14,7 +14,7 @@
 // bgpool itself does not depend on Echo. For the shutdown sequence, pass the
 // *echo.Echo as the http.Server's Handler to bgpool.Serve or
 // bgpool.ListenAndServe.
-package bgpoolecho
+package bgecho
 
 import (
 	"net/http"

@@ -1,4 +1,4 @@
-package bgpoolecho_test
+package bgecho_test
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/bgpool/bgpool"
-	bgpoolecho "github.com/bgpool/bgpool/contrib/echo"
+	bgecho "github.com/bgpool/bgpool/contrib/echo"
 )
 
 func TestMain(m *testing.M) {
@@ -81,11 +81,11 @@ func TestMiddlewareRunsTasksAfterAnImmediateResponse(t *testing.T) {
 					return next(c)
 				}
 			})
-			e.Use(bgpoolecho.Middleware(p, opts...))
+			e.Use(bgecho.Middleware(p, opts...))
 			e.GET("/", func(c echo.Context) error {
 				_, ok := bgpool.FromContext(c.Request().Context())
 				assert.True(t, ok)
-				assert.NoError(t, bgpoolecho.Go(c, func(ctx context.Context) error {
+				assert.NoError(t, bgecho.Go(c, func(ctx context.Context) error {
 					<-release
 					seen <- ctx.Value(ctxKey{})
 					return ctx.Err()
@@ -113,7 +113,7 @@ func TestMiddlewareShedsWithoutCallingTheHandler(t *testing.T) {
 	require.NoError(t, p.Shutdown(context.Background()))
 	called := false
 	e, start := newEcho(t)
-	e.Use(bgpoolecho.Middleware(p, bgpool.WithShedding(3*time.Second)))
+	e.Use(bgecho.Middleware(p, bgpool.WithShedding(3*time.Second)))
 	e.GET("/", func(c echo.Context) error { called = true; return nil })
 	url := start()
 
@@ -129,9 +129,9 @@ func TestMiddlewareHandlerErrorsAndPanics(t *testing.T) {
 		p := newPool(t, 1)
 		ran := make(chan struct{})
 		e, start := newEcho(t)
-		e.Use(bgpoolecho.Middleware(p, bgpool.WithAfterResponse()))
+		e.Use(bgecho.Middleware(p, bgpool.WithAfterResponse()))
 		e.GET("/", func(c echo.Context) error {
-			assert.NoError(t, bgpoolecho.Go(c, func(context.Context) error { close(ran); return nil }))
+			assert.NoError(t, bgecho.Go(c, func(context.Context) error { close(ran); return nil }))
 			return echo.NewHTTPError(http.StatusTeapot, "short and stout")
 		})
 		url := start()
@@ -148,9 +148,9 @@ func TestMiddlewareHandlerErrorsAndPanics(t *testing.T) {
 		p := newPool(t, 1)
 		e, start := newEcho(t)
 		e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisablePrintStack: true}))
-		e.Use(bgpoolecho.Middleware(p, bgpool.WithAfterResponse()))
+		e.Use(bgecho.Middleware(p, bgpool.WithAfterResponse()))
 		e.GET("/", func(c echo.Context) error {
-			assert.NoError(t, bgpoolecho.Go(c, func(context.Context) error { return nil }))
+			assert.NoError(t, bgecho.Go(c, func(context.Context) error { return nil }))
 			panic(errors.New("boom"))
 		})
 		url := start()
@@ -166,11 +166,11 @@ func TestGoWithoutTheMiddlewareReturnsErrNoPool(t *testing.T) {
 	errs := make(chan error, 1)
 	e, start := newEcho(t)
 	e.GET("/", func(c echo.Context) error {
-		errs <- bgpoolecho.Go(c, func(context.Context) error { return nil })
+		errs <- bgecho.Go(c, func(context.Context) error { return nil })
 		return nil
 	})
 	url := start()
 	get(t, url)
 	assert.ErrorIs(t, <-errs, bgpool.ErrNoPool)
-	assert.Error(t, bgpoolecho.Go(nil, func(context.Context) error { return nil }))
+	assert.Error(t, bgecho.Go(nil, func(context.Context) error { return nil }))
 }

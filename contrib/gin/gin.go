@@ -1,9 +1,9 @@
-// Package bgpoolgin adapts bgpool's HTTP middleware to Gin.
+// Package bggin adapts bgpool's HTTP middleware to Gin.
 //
 //	r := gin.New()
-//	r.Use(gin.Recovery(), bgpoolgin.Middleware(pool))
+//	r.Use(gin.Recovery(), bggin.Middleware(pool))
 //	r.POST("/signup", func(c *gin.Context) {
-//		if err := bgpoolgin.Go(c, sendWelcomeMail); err != nil {
+//		if err := bggin.Go(c, sendWelcomeMail); err != nil {
 //			c.Header("Retry-After", "1")
 //			c.String(http.StatusServiceUnavailable, "too busy, retry later")
 //			return
@@ -15,7 +15,7 @@
 // bgpool itself does not depend on Gin. For the shutdown sequence, pass the
 // engine as the http.Server's Handler to bgpool.Serve or
 // bgpool.ListenAndServe.
-package bgpoolgin
+package bggin
 
 import (
 	"net/http"

@@ -1,4 +1,4 @@
-package bgpoolgin_test
+package bggin_test
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/bgpool/bgpool"
-	bgpoolgin "github.com/bgpool/bgpool/contrib/gin"
+	bggin "github.com/bgpool/bgpool/contrib/gin"
 )
 
 func TestMain(m *testing.M) {
@@ -62,11 +62,11 @@ func TestMiddlewareRunsTasksAfterAnImmediateResponse(t *testing.T) {
 				c.Request = c.Request.WithContext(context.WithValue(c.Request.Context(), ctxKey{}, "v"))
 				c.Next()
 			})
-			r.Use(bgpoolgin.Middleware(p, opts...))
+			r.Use(bggin.Middleware(p, opts...))
 			r.GET("/", func(c *gin.Context) {
 				_, ok := bgpool.FromContext(c.Request.Context())
 				assert.True(t, ok)
-				assert.NoError(t, bgpoolgin.Go(c, func(ctx context.Context) error {
+				assert.NoError(t, bggin.Go(c, func(ctx context.Context) error {
 					<-release
 					seen <- ctx.Value(ctxKey{})
 					return ctx.Err()
@@ -95,7 +95,7 @@ func TestMiddlewareShedsWithoutCallingTheHandler(t *testing.T) {
 	require.NoError(t, p.Shutdown(context.Background()))
 	called := false
 	r := gin.New()
-	r.Use(bgpoolgin.Middleware(p, bgpool.WithShedding(3*time.Second)))
+	r.Use(bggin.Middleware(p, bgpool.WithShedding(3*time.Second)))
 	r.GET("/", func(c *gin.Context) { called = true })
 	srv := httptest.NewServer(r)
 	t.Cleanup(srv.Close)
@@ -113,9 +113,9 @@ func TestMiddlewareDiscardsKeptTasksWhenTheHandlerPanics(t *testing.T) {
 	r.Use(gin.CustomRecoveryWithWriter(io.Discard, func(c *gin.Context, _ any) {
 		c.AbortWithStatus(http.StatusInternalServerError)
 	}))
-	r.Use(bgpoolgin.Middleware(p, bgpool.WithAfterResponse()))
+	r.Use(bggin.Middleware(p, bgpool.WithAfterResponse()))
 	r.GET("/", func(c *gin.Context) {
-		assert.NoError(t, bgpoolgin.Go(c, func(context.Context) error { return nil }))
+		assert.NoError(t, bggin.Go(c, func(context.Context) error { return nil }))
 		panic(errors.New("boom"))
 	})
 	srv := httptest.NewServer(r)
@@ -131,10 +131,10 @@ func TestMiddlewareDiscardsKeptTasksWhenTheHandlerPanics(t *testing.T) {
 func TestGoWithoutTheMiddlewareReturnsErrNoPool(t *testing.T) {
 	errs := make(chan error, 1)
 	r := gin.New()
-	r.GET("/", func(c *gin.Context) { errs <- bgpoolgin.Go(c, func(context.Context) error { return nil }) })
+	r.GET("/", func(c *gin.Context) { errs <- bggin.Go(c, func(context.Context) error { return nil }) })
 	srv := httptest.NewServer(r)
 	t.Cleanup(srv.Close)
 	get(t, srv.URL)
 	assert.ErrorIs(t, <-errs, bgpool.ErrNoPool)
-	assert.Error(t, bgpoolgin.Go(nil, func(context.Context) error { return nil }))
+	assert.Error(t, bggin.Go(nil, func(context.Context) error { return nil }))
 }

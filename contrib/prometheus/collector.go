@@ -1,7 +1,7 @@
-// Package bgpoolprom exports a bgpool.Pool's state and task outcomes as
+// Package bgprom exports a bgpool.Pool's state and task outcomes as
 // Prometheus metrics.
 //
-//	c, err := bgpoolprom.New("mail")
+//	c, err := bgprom.New("mail")
 //	if err != nil {
 //		return err
 //	}
@@ -31,7 +31,7 @@
 //
 // It lives in its own module, github.com/bgpool/bgpool/contrib/prometheus,
 // so that bgpool itself does not depend on the Prometheus client.
-package bgpoolprom
+package bgprom
 
 import (
 	"fmt"
@@ -113,15 +113,15 @@ var _ prometheus.Collector = (*Collector)(nil)
 // Collector to a prometheus.Registerer yourself.
 func New(pool string, opts ...Option) (*Collector, error) {
 	if pool == "" {
-		return nil, fmt.Errorf("bgpoolprom: New(%q): pool name must not be empty", pool)
+		return nil, fmt.Errorf("bgprom: New(%q): pool name must not be empty", pool)
 	}
 	if !utf8.ValidString(pool) {
-		return nil, fmt.Errorf("bgpoolprom: New(%q): pool name must be valid UTF-8", pool)
+		return nil, fmt.Errorf("bgprom: New(%q): pool name must be valid UTF-8", pool)
 	}
 	var o options
 	for i, opt := range opts {
 		if opt == nil {
-			return nil, fmt.Errorf("bgpoolprom: New: option %d is nil", i)
+			return nil, fmt.Errorf("bgprom: New: option %d is nil", i)
 		}
 		if err := opt.apply(&o); err != nil {
 			return nil, err

@@ -1,4 +1,4 @@
-package bgpoolprom_test
+package bgprom_test
 
 import (
 	"context"
@@ -22,7 +22,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/bgpool/bgpool"
-	bgpoolprom "github.com/bgpool/bgpool/contrib/prometheus"
+	bgprom "github.com/bgpool/bgpool/contrib/prometheus"
 )
 
 func TestMain(m *testing.M) {
@@ -33,16 +33,16 @@ var errFail = errors.New("fail")
 
 // newCollector returns a Collector for a pool named name, failing the test on
 // an error.
-func newCollector(t *testing.T, name string, opts ...bgpoolprom.Option) *bgpoolprom.Collector {
+func newCollector(t *testing.T, name string, opts ...bgprom.Option) *bgprom.Collector {
 	t.Helper()
-	c, err := bgpoolprom.New(name, opts...)
+	c, err := bgprom.New(name, opts...)
 	require.NoError(t, err)
 	return c
 }
 
 // newPool returns a pool observed and watched by c, with a quiet error
 // handler, shut down when the test ends.
-func newPool(t *testing.T, c *bgpoolprom.Collector, size int, opts ...bgpool.Option) *bgpool.Pool {
+func newPool(t *testing.T, c *bgprom.Collector, size int, opts ...bgpool.Option) *bgpool.Pool {
 	t.Helper()
 	opts = append([]bgpool.Option{
 		bgpool.WithObserver(c.Observe),
@@ -606,7 +606,7 @@ func TestConcurrentObserveAndCollect(t *testing.T) {
 }
 
 func BenchmarkObserve(b *testing.B) {
-	c, err := bgpoolprom.New("mail")
+	c, err := bgprom.New("mail")
 	require.NoError(b, err)
 	ev := bgpool.TaskEvent{Outcome: bgpool.OutcomeCompleted, QueueWait: 3 * time.Millisecond, RunTime: 40 * time.Millisecond}
 	b.Run("goroutines=1", func(b *testing.B) {

@@ -1,4 +1,4 @@
-package bgpoolprom_test
+package bgprom_test
 
 import (
 	"context"
@@ -13,14 +13,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/bgpool/bgpool"
-	bgpoolprom "github.com/bgpool/bgpool/contrib/prometheus"
+	bgprom "github.com/bgpool/bgpool/contrib/prometheus"
 )
 
 // A pool named "mail" with its metrics on a registry of its own, served by
 // promhttp. In a service the handler goes on the mux at /metrics; here one
 // scrape is made with httptest and the gauge and counter lines are printed.
 func Example() {
-	c, err := bgpoolprom.New("mail")
+	c, err := bgprom.New("mail")
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -76,9 +76,9 @@ func Example() {
 
 // Buckets of your own for a pool whose tasks take seconds to an hour.
 func ExampleWithDurationBuckets() {
-	c, err := bgpoolprom.New("reports",
-		bgpoolprom.WithDurationBuckets(1, 10, 60, 300, 900, 1800, 3600),
-		bgpoolprom.WithQueueWaitBuckets(append(bgpoolprom.DefaultBuckets(), 600, 1800)...),
+	c, err := bgprom.New("reports",
+		bgprom.WithDurationBuckets(1, 10, 60, 300, 900, 1800, 3600),
+		bgprom.WithQueueWaitBuckets(append(bgprom.DefaultBuckets(), 600, 1800)...),
 	)
 	if err != nil {
 		log.Fatal(err)

@@ -1,4 +1,4 @@
-package bgpoolprom
+package bgprom
 
 import (
 	"fmt"
@@ -77,10 +77,10 @@ func WithDurationBuckets(bounds ...float64) Option {
 func checkBuckets(option string, bounds []float64) ([]float64, error) {
 	for i, b := range bounds {
 		if math.IsNaN(b) {
-			return nil, fmt.Errorf("bgpoolprom: %s(%v): bound %d is NaN", option, bounds, i)
+			return nil, fmt.Errorf("bgprom: %s(%v): bound %d is NaN", option, bounds, i)
 		}
 		if i > 0 && b <= bounds[i-1] {
-			return nil, fmt.Errorf("bgpoolprom: %s(%v): bounds must be strictly increasing, but bound %d (%v) follows %v",
+			return nil, fmt.Errorf("bgprom: %s(%v): bounds must be strictly increasing, but bound %d (%v) follows %v",
 				option, bounds, i, b, bounds[i-1])
 		}
 	}

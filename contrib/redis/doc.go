@@ -37,9 +37,25 @@
 // work. A burst of calls above the shared limit is usually recoverable (the
 // downstream answers 429 and the task retries); a dropped task is not.
 //
-// Each change between up and down is logged once (WithLogger), and
+// Each change between up and down is logged once (WithLogger), with the
+// cause: the credentials, a refused connection, a timeout, an error answer;
+// so is an outage that turns into a configuration error or out of one.
 // Limiter.Stats counts Redis errors, outages and the decisions made without
-// Redis.
+// Redis, and gives the last cause and error; it marshals to JSON.
+//
+// # Configuration errors
+//
+// A wrong password (WRONGPASS, NOAUTH), an ACL that denies the script
+// (NOPERM) or a closed client is no outage: waiting does not mend it. The
+// Limiter still decides without Redis, in its mode, since it has no other
+// way to decide; but it logs the change at Error level, not Warn, and
+// Stats.LastCause.IsConfig reports true. To fail at startup instead, call
+// Limiter.Check, which asks Redis once and returns an error that names the
+// cause:
+//
+//	if err := lim.Check(ctx); err != nil {
+//		return err // bgredis: Redis rejected the credentials: WRONGPASS ...
+//	}
 //
 // # Bad input
 //

@@ -2,6 +2,7 @@ package bgredis_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
@@ -43,7 +44,7 @@ func Example() {
 		log.Fatal(err)
 	}
 
-	st := lim.(*bgredis.Limiter).Stats()
+	st := lim.Stats()
 	fmt.Println("completed:", p.Stats().Completed)
 	fmt.Println("Redis down:", st.Down, "errors:", st.RedisErrors)
 	// Output:
@@ -77,11 +78,54 @@ func ExampleWithFailClosed() {
 		log.Fatal(err)
 	}
 
-	st := lim.(*bgredis.Limiter).Stats()
+	st := lim.Stats()
 	fmt.Println("dropped:", p.Stats().Dropped)
 	fmt.Println("Redis down:", st.Down, "refused:", st.FallbackRefused)
 	// Output:
 	// unavailable: true
 	// dropped: 1
 	// Redis down: true refused: 1
+}
+
+// A handler that must answer at once asks Allow, which never waits for a
+// token: here two requests a minute may call a partner's API, and the third
+// is turned away with the time until the next token.
+func ExampleLimiter_Allow() {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", ContextTimeoutEnabled: true})
+	defer rdb.Close()
+
+	key := "partner-api:" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	lim := bgredis.NewLimiter(rdb, key, redis_rate.PerMinute(2))
+	for range 3 {
+		ok, retryAfter := lim.Allow()
+		fmt.Println("allowed:", ok, "retry within a minute:", retryAfter > 0 && retryAfter <= time.Minute)
+	}
+	// Output:
+	// allowed: true retry within a minute: false
+	// allowed: true retry within a minute: false
+	// allowed: false retry within a minute: true
+}
+
+// A service checks the Limiter's Redis at startup, to fail at once on a
+// wrong password or a Redis that is not there (here nothing listens on port
+// 1) rather than run on the fallback. Stats, here after one decision,
+// marshal to JSON for a health endpoint.
+func ExampleLimiter_Check() {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ContextTimeoutEnabled: true})
+	defer rdb.Close()
+
+	lim := bgredis.NewLimiter(rdb, "mail", redis_rate.PerSecond(100),
+		bgredis.WithTimeout(50*time.Millisecond),
+		bgredis.WithLogger(slog.New(slog.DiscardHandler)), // by default: one warning on slog.Default
+	)
+	if err := lim.Check(context.Background()); err != nil {
+		fmt.Println(err)
+	}
+
+	lim.Allow() // decides by the fallback rate
+	js, _ := json.Marshal(lim.Stats())
+	fmt.Println(string(js))
+	// Output:
+	// bgredis: no connection to Redis within 50ms: dial tcp 127.0.0.1:1: connect: connection refused
+	// {"down":true,"outages":1,"redis_errors":1,"fallback_allowed":1,"fallback_refused":0,"last_cause":"refused","last_error":"no connection to Redis within 50ms: dial tcp 127.0.0.1:1: connect: connection refused"}
 }

@@ -35,7 +35,9 @@ var ErrUnavailable = errors.New("bgredis: Redis is unavailable and the limiter f
 // Redis again and the others use the fallback at once; the first answer
 // brings Redis back. Probes ride on decisions, so a Limiter with nothing to
 // decide finds Redis back at its next decision. Each change is logged once,
-// and Stats counts the errors and the decisions made without Redis.
+// with its cause, and Stats counts the errors and the decisions made
+// without Redis. A configuration error (a wrong password, say) is handled
+// the same way but logged at Error level; Check finds it at startup.
 //
 // No decision waits for Redis longer than the timeout (WithTimeout), and
 // none outlives its context by more than that. go-redis ends a call at its
@@ -59,6 +61,9 @@ type Limiter struct {
 	// inline is whether Redis calls run on the caller's goroutine: only
 	// when the client stops a call at its context's deadline.
 	inline bool
+	// dials notes the client's dials, so that a call the timeout ends can
+	// say why; nil for a client of another type.
+	dials *dialWatch
 
 	health
 }
@@ -70,15 +75,25 @@ const minRetry = 100 * time.Microsecond
 
 // NewLimiter returns a Limiter that allows limit's rate of tasks across all
 // processes that use key on the Redis that rdb reaches (redis_rate stores it
-// as "rate:"+key). The result is a *Limiter; assert it to read Stats. It
-// makes no call to Redis until the first decision.
+// as "rate:"+key). It makes no call to Redis until the first decision. The
+// result serves bgpool.WithLimiter, and its Allow and Stats serve callers
+// of their own (a handler that must decide at once, a health endpoint).
+//
+// NewLimiter adds a hook to rdb that notes its dials, so that a call the
+// timeout ends while the client is still dialling (go-redis retries a
+// refused dial for some 400ms) reports the dial's error, "connection
+// refused", rather than no answer: on a *redis.Client (NewClient,
+// NewFailoverClient), on each node a *redis.ClusterClient makes from then
+// on, on each shard of a *redis.Ring that is up or made later. The hook
+// wraps dials only, never commands. Make a Limiter once per key, not per
+// request: each adds a hook.
 //
 // NewLimiter returns no error, so bad input is a programming error that it
 // reports at once with a panic whose message starts with "bgredis:": a nil
 // rdb (also a typed nil), an empty key, a limit whose Rate, Burst or Period
 // is not positive (redis_rate would then refuse every task, or divide by
 // zero), a nil option or an invalid one.
-func NewLimiter(rdb redis.UniversalClient, key string, limit redis_rate.Limit, opts ...Option) bgpool.Limiter {
+func NewLimiter(rdb redis.UniversalClient, key string, limit redis_rate.Limit, opts ...Option) *Limiter {
 	if isNil(rdb) {
 		panic("bgredis: NewLimiter: the Redis client must not be nil")
 	}
@@ -105,6 +120,7 @@ func NewLimiter(rdb redis.UniversalClient, key string, limit redis_rate.Limit, o
 		opts:   o,
 		inline: endsAtDeadline(rdb),
 	}
+	l.dials = watchDials(rdb)
 	if o.mode == fallbackRate {
 		l.local = rate.NewLimiter(o.fallback, o.fallbackBurst)
 	}
@@ -147,6 +163,27 @@ func (l *Limiter) Allow() (ok bool, retryAfter time.Duration) {
 	return ok, retryAfter
 }
 
+// Check asks Redis once, taking no token, and returns nil if Redis
+// answered, or an error that names why not: "bgredis: Redis rejected the
+// credentials: WRONGPASS ...", "bgredis: no connection to Redis within
+// 250ms: dial tcp ...: connection refused". Call it at startup to fail fast
+// on a configuration error; the Limiter itself never fails on one, it
+// decides without Redis (see Limiter). Check blocks as a decision does, for
+// the timeout at most, and returns ctx's error if ctx ends first. It runs
+// the rate-limit script, so it also finds an ACL that denies it. It changes
+// no counter of Stats and logs nothing. It is safe for concurrent use.
+func (l *Limiter) Check(ctx context.Context) error {
+	began := now()
+	_, err := l.ask(ctx, 0)
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("bgredis: %w", l.explain(err, began))
+}
+
 // decide is one try of Wait and Allow: a token now (ok), or the time until
 // one should be due. Its error is ctx's, or ErrUnavailable's when the
 // Limiter fails closed while Redis is down.
@@ -155,12 +192,12 @@ func (l *Limiter) decide(ctx context.Context) (ok bool, retryAfter time.Duration
 		return l.fallback()
 	}
 	began := now()
-	res, err := l.ask(ctx)
+	res, err := l.ask(ctx, 1)
 	if err != nil {
 		if ctx.Err() != nil { // the caller's end, not Redis' failure
 			return false, 0, ctx.Err()
 		}
-		l.failed(err, began)
+		l.failed(l.explain(err, began), began)
 		return l.fallback()
 	}
 	l.answered()
@@ -176,37 +213,46 @@ type answer struct {
 	err error
 }
 
-// ask takes one token from Redis, waiting for the answer no longer than the
-// timeout or ctx allow. Unless the client ends a call at its context's
-// deadline, the call runs on a goroutine of its own that the caller stops
-// waiting for; that goroutine ends when the client gives up, and never
-// blocks on done.
-func (l *Limiter) ask(ctx context.Context) (*redis_rate.Result, error) {
+// errNoAnswer is ask's error when the timeout (or ctx) ended the call
+// before the client said why; explain turns it into what is known.
+var errNoAnswer = errors.New("bgredis: no answer in time")
+
+// ask takes n tokens from Redis (0 only asks), waiting for the answer no
+// longer than the timeout or ctx allow. Unless the client ends a call at
+// its context's deadline, the call runs on a goroutine of its own that the
+// caller stops waiting for; that goroutine ends when the client gives up,
+// and never blocks on done.
+func (l *Limiter) ask(ctx context.Context, n int) (*redis_rate.Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.opts.timeout)
 	defer cancel()
 	if l.inline {
-		res, err := l.rl.Allow(ctx, l.key, l.limit)
-		if err != nil && pastDeadline(ctx) { // the client's i/o timeout may come a hair before ctx's
-			return nil, l.timedOut()
+		res, err := l.rl.AllowN(ctx, l.key, l.limit, n)
+		// The client's i/o timeout may come a hair before ctx's deadline;
+		// any other error (a refusal, WRONGPASS) is the cause as it is.
+		if err != nil && pastDeadline(ctx) && classify(err) == CauseTimeout {
+			return nil, errNoAnswer
 		}
 		return res, err
 	}
 	done := make(chan answer, 1)
 	go func() {
-		res, err := l.rl.Allow(ctx, l.key, l.limit)
+		res, err := l.rl.AllowN(ctx, l.key, l.limit, n)
 		done <- answer{res, err}
 	}()
 	select {
 	case a := <-done: // Redis answered, or the client failed first
 		return a.res, a.err
 	case <-ctx.Done(): // the timeout, or the caller's ctx (decide tells which), ended the wait
-		return nil, l.timedOut()
+		return nil, errNoAnswer
 	}
 }
 
-// timedOut is the error of a call that the timeout ended.
-func (l *Limiter) timedOut() error {
-	return fmt.Errorf("bgredis: no answer from Redis within %v: %w", l.opts.timeout, context.DeadlineExceeded)
+// explain names the cause of ask's error for a call that began at began.
+func (l *Limiter) explain(err error, began int64) *failure {
+	if errors.Is(err, errNoAnswer) {
+		return l.dials.noAnswer(l.opts.timeout, began)
+	}
+	return explained(err)
 }
 
 // pastDeadline reports whether ctx is done or its deadline has passed.
@@ -240,7 +286,7 @@ func (l *Limiter) fallback() (ok bool, retryAfter time.Duration, err error) {
 		return true, 0, nil
 	case failClosed:
 		l.fallbackRefused.Add(1)
-		return false, l.untilProbe(), fmt.Errorf("%w (key %q): %w", ErrUnavailable, l.key, l.lastError())
+		return false, l.untilProbe(), fmt.Errorf("%w (key %q): %w", ErrUnavailable, l.key, l.lastFailure())
 	}
 	if !l.local.Allow() {
 		r := l.local.Reserve() // only for the delay: Reserve allocates, Allow does not

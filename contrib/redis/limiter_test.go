@@ -15,7 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/time/rate"
 
-	"github.com/bgpool/bgpool"
 	bgredis "github.com/bgpool/bgpool/contrib/redis"
 )
 
@@ -36,7 +35,7 @@ func TestAllow(t *testing.T) {
 		assert.False(t, ok, "Allow past the burst")
 		assert.Greater(t, retryAfter, 19*time.Second, "got retryAfter %v, want about 20s (a minute / 3)", retryAfter)
 		assert.LessOrEqual(t, retryAfter, 20*time.Second)
-		assert.Equal(t, bgredis.Stats{}, lim.(*bgredis.Limiter).Stats(), "no Redis error, no fallback")
+		assert.Equal(t, bgredis.Stats{}, lim.Stats(), "no Redis error, no fallback")
 	})
 
 	t.Run("limiters on one key share one limit", func(t *testing.T) {
@@ -46,7 +45,7 @@ func TestAllow(t *testing.T) {
 		b := bgredis.NewLimiter(sharedRedis(t), key, limit, quiet) // another connection pool, as in another process
 		var allowed int
 		for range 4 {
-			for _, lim := range []bgpool.Limiter{a, b} {
+			for _, lim := range []*bgredis.Limiter{a, b} {
 				if ok, _ := lim.Allow(); ok {
 					allowed++
 				}
@@ -64,13 +63,13 @@ func TestAllow(t *testing.T) {
 			bgredis.WithFailClosed(), bgredis.WithFailOpen(), bgredis.WithLogger(slog.New(logs)))
 		ok, _ := lim.Allow()
 		assert.True(t, ok, "fails open: WithFailOpen came last")
-		st := lim.(*bgredis.Limiter).Stats()
+		st := lim.Stats()
 		assert.True(t, st.Down)
 		assert.Equal(t, uint64(1), st.RedisErrors)
 		assert.Equal(t, uint64(1), st.FallbackAllowed)
-		require.Error(t, st.LastError)
-		assert.Contains(t, st.LastError.Error(), "WRONGTYPE")
-		assert.Equal(t, 1, logs.count(logDown))
+		assert.Equal(t, bgredis.CauseRedis, st.LastCause)
+		assert.Contains(t, st.LastError, "Redis answered with an error: WRONGTYPE")
+		assert.Equal(t, 1, logs.count("WARN bgredis: Redis answered with an error; "+logDown), "the log:\n%s", logs)
 	})
 }
 
@@ -98,7 +97,7 @@ func TestWait(t *testing.T) {
 		err := lim.Wait(ctx) // the next token is an hour away
 		assert.ErrorIs(t, err, context.DeadlineExceeded)
 		assert.Less(t, time.Since(start), time.Second, "Wait outlived its context")
-		assert.Equal(t, bgredis.Stats{}, lim.(*bgredis.Limiter).Stats(), "the caller's deadline is no Redis error")
+		assert.Equal(t, bgredis.Stats{}, lim.Stats(), "the caller's deadline is no Redis error")
 	})
 
 	t.Run("returns at once for a context already done", func(t *testing.T) {
@@ -135,7 +134,7 @@ func TestWait(t *testing.T) {
 		assert.Equal(t, uint64(1), st.Abandoned, "Abandoned: the task whose wait the deadline ended")
 		assert.Equal(t, uint64(0), st.Dropped, "Dropped")
 		assert.Equal(t, int64(1), ran.Load())
-		assert.Equal(t, bgredis.Stats{}, lim.(*bgredis.Limiter).Stats(), "the deadline is no Redis error")
+		assert.Equal(t, bgredis.Stats{}, lim.Stats(), "the deadline is no Redis error")
 	})
 }
 

@@ -24,8 +24,11 @@ import (
 
 func TestMain(m *testing.M) {
 	// go-redis logs each failed dial; these tests fail dials on purpose, and
-	// check what the Limiter reports instead.
-	redis.SetLogger(quietRedis{})
+	// check what the Limiter reports instead. A child process of
+	// TestGoRedisLoggerIsLeftAlone keeps go-redis' logger, to show its lines.
+	if os.Getenv(goRedisLogEnv) == "" {
+		redis.SetLogger(quietRedis{})
+	}
 	goleak.VerifyTestMain(m, goleak.IgnoreCurrent())
 }
 
@@ -73,21 +76,33 @@ func freePort(t testing.TB) int {
 // redisServer is a redis-server process of the test's own, on loopback,
 // keeping nothing on disk, to stop and kill under a Limiter.
 type redisServer struct {
-	t    testing.TB
-	port int
-	cmd  *exec.Cmd
+	t        testing.TB
+	port     int
+	password string // "" when the server requires none
+	cmd      *exec.Cmd
 }
 
 // startRedis starts redis-server on port and waits until it answers. It is
 // killed when the test ends, if the test has not killed it.
 func startRedis(t testing.TB, port int) *redisServer {
 	t.Helper()
+	return startRedisWithPassword(t, port, "")
+}
+
+// startRedisWithPassword starts redis-server as startRedis does; a password
+// other than "" is the server's requirepass, so that clients must AUTH.
+func startRedisWithPassword(t testing.TB, port int, password string) *redisServer {
+	t.Helper()
 	path, err := exec.LookPath("redis-server")
 	require.NoError(t, err, "these tests start redis-server of their own: install it (apt-get install -y redis-server; bash .ci/run does)")
-	cmd := exec.Command(path, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", t.TempDir())
+	args := []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", t.TempDir()}
+	if password != "" {
+		args = append(args, "--requirepass", password)
+	}
+	cmd := exec.Command(path, args...)
 	require.NoError(t, cmd.Start())
-	s := &redisServer{t: t, port: port, cmd: cmd}
+	s := &redisServer{t: t, port: port, password: password, cmd: cmd}
 	t.Cleanup(s.kill)
 
 	deadline := time.Now().Add(5 * time.Second)
@@ -100,7 +115,8 @@ func startRedis(t testing.TB, port int) *redisServer {
 
 func (s *redisServer) addr() string { return fmt.Sprintf("127.0.0.1:%d", s.port) }
 
-// answers reports whether the server replies +PONG to an inline PING.
+// answers reports whether the server replies +PONG to an inline PING, after
+// an AUTH if it requires a password.
 func (s *redisServer) answers() bool {
 	conn, err := net.DialTimeout("tcp", s.addr(), 200*time.Millisecond)
 	if err != nil {
@@ -108,10 +124,19 @@ func (s *redisServer) answers() bool {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(200 * time.Millisecond))
+	r := bufio.NewReader(conn)
+	if s.password != "" {
+		if _, err := conn.Write([]byte("AUTH " + s.password + "\r\n")); err != nil {
+			return false
+		}
+		if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "+OK") {
+			return false
+		}
+	}
 	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
 		return false
 	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
+	line, err := r.ReadString('\n')
 	return err == nil && strings.HasPrefix(line, "+PONG")
 }
 
@@ -139,7 +164,8 @@ func (s *redisServer) resume() {
 	require.NoError(s.t, s.cmd.Process.Signal(syscall.SIGCONT))
 }
 
-// logRecorder is a slog.Handler that keeps the messages logged to it.
+// logRecorder is a slog.Handler that keeps the messages logged to it, each
+// as its level, its message and its attributes.
 type logRecorder struct {
 	mu   sync.Mutex
 	msgs []string
@@ -152,7 +178,7 @@ func (r *logRecorder) WithGroup(string) slog.Handler            { return r }
 func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	msg := rec.Message
+	msg := rec.Level.String() + " " + rec.Message
 	rec.Attrs(func(a slog.Attr) bool {
 		msg += " " + a.String()
 		return true
@@ -183,7 +209,7 @@ func (r *logRecorder) count(substr string) int {
 
 // The messages a Limiter logs when Redis goes down and when it comes back.
 const (
-	logDown = "Redis unreachable"
+	logDown = "deciding without Redis"
 	logBack = "Redis answers again"
 )
 

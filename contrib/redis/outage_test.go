@@ -115,7 +115,7 @@ func TestRedisKilledMidRun(t *testing.T) {
 			logs := new(logRecorder)
 			lim := bgredis.NewLimiter(rdb, uniqueKey(t), redis_rate.PerSecond(perSecond), tt.opt,
 				bgredis.WithTimeout(outageTimeout), bgredis.WithProbeInterval(outageProbe), bgredis.WithLogger(slog.New(logs)))
-			stats := lim.(*bgredis.Limiter).Stats
+			stats := lim.Stats
 			p := newPool(t, outageWorkers, lim, bgpool.WithQueueSize(16))
 			var starts atomic.Int64
 			task := func(context.Context) error {
@@ -142,7 +142,8 @@ func TestRedisKilledMidRun(t *testing.T) {
 			assert.Positive(t, ls.RedisErrors, "RedisErrors")
 			assert.LessOrEqual(t, ls.RedisErrors, uint64(2*down/outageProbe+outageWorkers),
 				"got %d Redis errors in %v, want about one per probe interval of %v", ls.RedisErrors, elapsed, outageProbe)
-			assert.Error(t, ls.LastError)
+			assert.Contains(t, []bgredis.Cause{bgredis.CauseRefused, bgredis.CauseNetwork}, ls.LastCause,
+				"a killed server refuses new connections and resets open ones; the last error: %s", ls.LastError)
 			assert.Equal(t, 1, logs.count(logDown), "the outage is logged once")
 			assert.Zero(t, logs.count(logBack))
 			tt.checkDown(t, starts.Load()-atKill, elapsed, p.Stats(), ls)
@@ -204,11 +205,13 @@ func TestRedisStopsAnswering(t *testing.T) {
 			assert.ErrorIs(t, err, context.DeadlineExceeded, "the cause: the timeout of the last call")
 			assert.Less(t, time.Since(start), 10*time.Millisecond, "while down, no call waits for Redis")
 
-			st := lim.(*bgredis.Limiter).Stats()
+			st := lim.Stats()
 			assert.True(t, st.Down)
 			assert.Equal(t, uint64(1), st.RedisErrors)
 			assert.Equal(t, uint64(2), st.FallbackRefused)
-			assert.Equal(t, 1, logs.count(logDown))
+			assert.Equal(t, bgredis.CauseTimeout, st.LastCause)
+			assert.Equal(t, fmt.Sprintf("no answer from Redis within %v: context deadline exceeded", outageTimeout), st.LastError)
+			assert.Equal(t, 1, logs.count("WARN bgredis: Redis did not answer in time; "+logDown), "the log:\n%s", logs)
 		})
 	}
 }
@@ -221,7 +224,7 @@ func TestRedisUnreachableFromTheStart(t *testing.T) {
 		rdb := redis.NewClient(&redis.Options{Addr: addr})
 		t.Cleanup(func() { _ = rdb.Close() })
 		opts = append(opts, bgredis.WithTimeout(outageTimeout), bgredis.WithProbeInterval(time.Hour), bgredis.WithLogger(slog.New(logs)))
-		return bgredis.NewLimiter(rdb, uniqueKey(t), redis_rate.PerSecond(10), opts...).(*bgredis.Limiter)
+		return bgredis.NewLimiter(rdb, uniqueKey(t), redis_rate.PerSecond(10), opts...)
 	}
 
 	t.Run("by default decides at the limit's rate in this process", func(t *testing.T) {
@@ -239,10 +242,11 @@ func TestRedisUnreachableFromTheStart(t *testing.T) {
 		require.NoError(t, lim.Wait(context.Background()), "Wait takes the fallback's next token")
 
 		assert.Equal(t, bgredis.Stats{
-			Down: true, Outages: 1, RedisErrors: 1, FallbackAllowed: 11, LastError: lim.Stats().LastError,
+			Down: true, Outages: 1, RedisErrors: 1, FallbackAllowed: 11,
+			LastCause: bgredis.CauseRefused, LastError: lim.Stats().LastError,
 		}, lim.Stats(), "one Redis call, then the fallback until the next probe")
-		assert.Error(t, lim.Stats().LastError)
-		assert.Equal(t, 1, logs.count(logDown))
+		assert.Contains(t, lim.Stats().LastError, "connect: connection refused")
+		assert.Equal(t, 1, logs.count("WARN bgredis: Redis refused the connection; "+logDown), "the log:\n%s", logs)
 	})
 
 	t.Run("fails open", func(t *testing.T) {

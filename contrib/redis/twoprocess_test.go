@@ -119,5 +119,5 @@ func runChild(t *testing.T, key string) {
 	defer cancelShutdown()
 	_ = p.Shutdown(shutdownCtx) // the tasks still queued wait for tokens past end: abandon them
 	os.Stdout.WriteString("bgredis-child starts=" + strconv.FormatInt(starts.Load(), 10) + "\n")
-	assert.Zero(t, lim.(*bgredis.Limiter).Stats().RedisErrors, "Redis errors in the child")
+	assert.Zero(t, lim.Stats().RedisErrors, "Redis errors in the child")
 }

@@ -6,20 +6,26 @@
 //	curl http://127.0.0.1:8080/stats                        # the pool's Stats as JSON
 //	curl http://127.0.0.1:8080/readyz                       # 200, or 503 once shutting down
 //
-// On SIGTERM it stops accepting connections (after -ready-delay, during
-// which /readyz answers 503 and requests are still served), lets in-flight
-// requests finish, lets queued and running jobs finish, and exits 0 if all of
-// that took less than -grace. Jobs still running then are cancelled and
-// counted Abandoned, and it exits 1. Its last line on stdout is the final
-// Stats: "stats: {...}". A bad flag makes it print the error and the usage
-// and exit 2, before it starts anything.
+// On SIGTERM or SIGINT it logs "shutting down", then stops accepting
+// connections (after -ready-delay, during which /readyz answers 503 and
+// requests are still served), lets in-flight requests finish, lets queued and
+// running jobs finish, and exits 0 if all of that took less than -grace. Jobs
+// still running then are cancelled and counted Abandoned; it logs the error
+// and exits 1. Everything it prints goes to stderr, in this order: "listening
+// on http://ADDR", the log, and last the final Stats, "stats: {...}". A bad
+// flag makes it print the error and the usage and exit 2, before it starts
+// anything.
 //
-// Stop it with Ctrl-C in the terminal where it runs, or send it SIGTERM.
-// For kill -TERM, build it first, since the pid of go run is the go
-// command's, and killing that leaves the server running:
+// Under go run, Ctrl-C reaches the go command too (the terminal signals its
+// whole foreground process group). The go command ignores the signal, waits
+// for the server, and then exits 1 whatever the server's status, since it
+// was interrupted (golang/go#40467); when the server exits 1, it also prints
+// "exit status 1" after the server's last line. kill -TERM on the pid of go
+// run stops the go command only, and leaves the server running. For the
+// exit status, and for kill -TERM, run the built binary:
 //
 //	go build -o server ./examples/server && ./server -grace 10s
-//	kill -TERM <its pid>
+//	kill -TERM <its pid>    # or Ctrl-C: exit 0 after a clean drain
 package main
 
 import (
@@ -41,8 +47,14 @@ import (
 
 func main() {
 	cfg := parseFlags()
-	if err := run(cfg); err != nil {
+	stats, err := run(cfg)
+	if err != nil {
 		slog.Error("server stopped", "error", err)
+	}
+	if stats != nil { // the pool was made: its final Stats are the last line
+		fmt.Fprintf(os.Stderr, "stats: %s\n", stats)
+	}
+	if err != nil {
 		os.Exit(1)
 	}
 }
@@ -92,19 +104,34 @@ func (c config) check() error {
 	return nil
 }
 
-func run(c config) error {
+// run serves until SIGTERM or SIGINT and drains the pool. It returns the
+// pool's final Stats as JSON (nil if the pool could not be made) and what
+// went wrong, and prints nothing after the shutdown has ended, so that main
+// can print the error and then the Stats last.
+func run(c config) ([]byte, error) {
 	pool, err := bgpool.New(c.workers, bgpool.WithQueueSize(c.queue))
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	// The process stops on SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	// Logged on a signal only: the deferred stop also ends ctx when run
-	// returns, and stopLog, deferred after it, runs before it.
-	stopLog := context.AfterFunc(ctx, func() { slog.Info("shutting down", "grace", c.grace) })
-	defer stopLog()
+	// The signal is logged before ctx ends, so the line comes before
+	// anything the shutdown does, and only if a signal came.
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, os.Interrupt)
+	defer signal.Stop(signals)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case sig := <-signals: // the shutdown begins once ctx ends
+			slog.Info("shutting down", "signal", sig.String(), "grace", c.grace)
+			cancel()
+		case <-ctx.Done(): // ListenAndServe returned on its own: no signal to log
+		}
+	}()
 
 	var ready bgpool.Readiness
 
@@ -124,15 +151,16 @@ func run(c config) error {
 		// Requests must not inherit ctx, or SIGTERM would cancel the ones in
 		// flight; the listener is printed so that port 0 can be used.
 		BaseContext: func(ln net.Listener) context.Context {
-			fmt.Printf("listening on http://%s\n", ln.Addr())
+			fmt.Fprintf(os.Stderr, "listening on http://%s\n", ln.Addr())
 			return context.Background()
 		},
 	}
 	err = bgpool.ListenAndServe(ctx, srv, pool, c.grace, bgpool.WithShutdownDelay(c.readyDelay, &ready))
+	cancel()
+	<-watched
 
 	stats, _ := json.Marshal(pool.Stats())
-	fmt.Printf("stats: %s\n", stats)
-	return err
+	return stats, err
 }
 
 // postJob starts a job that takes ?duration= (default 1s) and answers 202 at
