@@ -252,7 +252,7 @@ func TestKill9UnderABacklogSendsEveryMailOnce(t *testing.T) {
 	}
 	require.Equal(t, n, count(t, db, "SELECT count(*) FROM river_job WHERE kind = 'welcome_mail'"))
 
-	args := []string{"-mode", "worker", "-db", dbURL, "-grace", "5s", "-rescue-after", "3s", "-mail-delay", "20ms"}
+	args := []string{"-mode", "worker", "-db", dbURL, "-grace", "5s", "-rescue-after", "3s", "-mail-delay", "100ms"}
 	first := start(t, args...)
 	require.Eventually(t, func() bool {
 		done := count(t, db, "SELECT count(*) FROM river_job WHERE kind = 'welcome_mail' AND state = 'completed'")
