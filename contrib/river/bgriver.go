@@ -237,8 +237,11 @@ const MaxSnoozes = 10
 // waits for the work to return, and returns its result (bgpool.Job.Do). A
 // work that honours its context thus ends the job early, and River retries
 // it (a timeout uses an attempt; StopAndCancel's cancellation does not). A
-// work that does not keep River's worker slot, and StopAndCancel, until it
-// returns; River then records what it returned, a completion included.
+// work that does not honour it keeps River's worker slot, and StopAndCancel,
+// until it returns; River then records what it returned, a completion
+// included. Keep River's RescueStuckJobsAfter above the longest such run:
+// River takes a job still running then for one whose process died, and
+// runs it again.
 //
 // Give the River queue at least as many workers (MaxWorkers) as p's size, or
 // River, not p, limits the work.
