@@ -3,6 +3,7 @@ package bgpool
 import (
 	"context"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 )
 
@@ -21,8 +22,8 @@ import (
 //
 // The task runs like any other: on a worker, under the pool's cap, policy,
 // rate limit, task timeout and observer, and its error also goes to the
-// error handler. Do costs two allocations, the record it waits on and its
-// channel, with a task value made once. Do from inside a task of the same
+// error handler. Do costs one allocation, the record it waits on (its
+// channel is recycled), with a task value made once. Do from inside a task of the same
 // pool waits for a worker that may never come if every worker does the
 // same: give such calls a ctx with a deadline. Do is safe for concurrent
 // use.
@@ -36,15 +37,46 @@ func (p *Pool) do(ctx context.Context, task Task, kind string, bound bool) error
 	if ctx == nil || task == nil {
 		return p.Submit(ctx, task) // counted, and refused with Submit's error
 	}
-	c := &awaited{Context: ctx, pool: p, task: task, kind: kind, bound: bound, done: make(chan struct{})}
+	c := &awaited{Context: ctx, pool: p, task: task, kind: kind, bound: bound}
+	if bound {
+		c.done = make(chan struct{})
+	} else {
+		c.done, c.signal = signals.Get().(chan struct{}), true
+	}
 	if err := p.Submit(c, runAwaited); err != nil {
 		return err
 	}
 	if bound {
 		return c.waitBound(ctx)
 	}
-	err, _ := c.wait(ctx)
-	return err
+	return c.waitDo(ctx)
+}
+
+// signals recycles the channels on which Do's waiter hears that its task
+// ended: one value is sent on each, once, so that it can serve again, and
+// a Do allocates nothing but its record.
+var signals = sync.Pool{New: func() any { return make(chan struct{}, 1) }}
+
+// waitDo is Do's wait: until c ends, or ctx does. Shutdown's deadline ends
+// c (for a running task, from the worker's slot), so no channel shared by
+// every waiter is needed, and with a ctx that never ends (Background) the
+// wait is a single receive.
+func (c *awaited) waitDo(ctx context.Context) error {
+	if done := ctx.Done(); done != nil {
+		select {
+		case <-c.done: // the task ended
+		case <-done: // the caller stopped waiting; the task goes on
+			select {
+			case <-c.done: // it had ended too
+			default:
+				return ctx.Err() // the signal may still come: the channel is not reused
+			}
+		}
+	} else {
+		<-c.done
+	}
+	signals.Put(c.done)
+	return c.err
 }
 
 // An awaited is a task that someone waits for: Do's, a Group's or a
@@ -67,6 +99,7 @@ type awaited struct {
 	tc     taskContext // the task's context, made in place (see taskContext)
 	kind   string      // the Job's kind, for Job.Do (see TaskInfo)
 	bound  bool        // Job.Do's: the submitter's ctx withdraws or cancels the task (see Pool.do)
+	signal bool        // Do's: done is a recycled channel that end sends one value on (see waitDo)
 
 	// Do's and a Future's. The ending writes err and returned, then closes
 	// done; waiters read them after done.
@@ -146,6 +179,10 @@ func (c *awaited) end(err error, returned bool) {
 		c.future.ended()
 	}
 	c.err, c.returned = err, returned
+	if c.signal {
+		c.done <- struct{}{} // Do's one waiter, on a channel it reuses
+		return
+	}
 	close(c.done)
 }
 

@@ -223,6 +223,7 @@ func (p *Pool) abandon(ctx context.Context) error {
 		return &ShutdownError{Queued: int(p.stats.load(OutcomeAbandoned)), Err: ctx.Err()}
 	}
 	running, held := 0, 0
+	var waiters []*awaited
 	p.mu.Lock()
 	for _, w := range p.all {
 		switch {
@@ -230,6 +231,11 @@ func (p *Pool) abandon(ctx context.Context) error {
 			running++
 		case w.state.CompareAndSwap(slotHolding, slotAbandoned):
 			held++
+		default:
+			continue
+		}
+		if c := w.waiter.Load(); c != nil && !c.bound { // Job.Do waits for its work to return
+			waiters = append(waiters, c)
 		}
 	}
 	for s := range p.callers {
@@ -243,6 +249,9 @@ func (p *Pool) abandon(ctx context.Context) error {
 	lost := p.takeQueued() + p.abandonJobs(unsent) + failed
 	p.handingOff.Add(-int64(len(unsent))) // counted first, so that Stats never misses them
 	p.cancel(*p.cause.Load())
+	for _, c := range waiters { // a waiter returns now, even if its task never does
+		c.end(p.abandonErr(), false)
+	}
 	close(p.abandonedCh)
 	p.doneOnce.Do(func() { close(p.done) })
 	p.release()

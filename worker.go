@@ -27,6 +27,12 @@ type slot struct {
 	// worker's (see counters): a counter of the worker's own, which its
 	// goroutine alone writes. Slots of CallerRuns tasks use the pool's.
 	completed *atomic.Uint64
+	// waiter is the record of the last task in this slot that someone
+	// waits for (Do, Group, Future), stored before the task is claimed:
+	// Shutdown's deadline ends it, so that its waiter returns then even if
+	// the task never does. It may be stale, an awaited that has ended:
+	// ending one again does nothing.
+	waiter atomic.Pointer[awaited]
 }
 
 const (
@@ -112,6 +118,9 @@ func (p *Pool) startLoopLocked(w *worker, first *item) {
 	}
 	if first != nil {
 		w.first, w.hasFirst = *first, true
+		if c, ok := first.ctx.(*awaited); ok {
+			w.waiter.Store(c)
+		}
 		w.state.Store(slotStarting)
 	}
 	err := p.ants.Submit(w.loopFn)
@@ -189,9 +198,9 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 			// The claim, written out (a call would cost a tenth of the
 			// path): idle to running, unless the task is awaited (Job.Do may
 			// have taken it back) or abandoned.
-			swapped := w.state.CompareAndSwap(slotIdle, slotRunning)
 			_, awaits := it.ctx.(*awaited)
-			if swapped && !awaits && !p.abandoned.Load() || p.claimSlow(&w.slot, &it, swapped) {
+			swapped := !awaits && w.state.CompareAndSwap(slotIdle, slotRunning)
+			if swapped && !p.abandoned.Load() || p.claimSlow(&w.slot, &it, swapped) {
 				if p.opts.taskTimeout > 0 {
 					dc = newDeadlineContext(p, it.ctx, p.opts.taskTimeout)
 					ctx = dc
@@ -231,11 +240,15 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 // or settles it: Abandoned, or Dropped if its waiter took it back
 // (Job.Do). swapped tells whether the fast path moved s to running.
 func (p *Pool) claimSlow(s *slot, it *item, swapped bool) bool {
-	if !swapped && !s.state.CompareAndSwap(slotStarting, slotRunning) || p.abandoned.Load() {
+	c, awaits := it.ctx.(*awaited)
+	if awaits {
+		s.waiter.Store(c) // before the claim: Shutdown reads it after its own
+	}
+	if !swapped && !s.state.CompareAndSwap(slotIdle, slotRunning) && !s.state.CompareAndSwap(slotStarting, slotRunning) || p.abandoned.Load() {
 		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
 		return false
 	}
-	if c, ok := it.ctx.(*awaited); ok && !c.claim() { // Job.Do's waiter took it back
+	if awaits && !c.claim() { // Job.Do's waiter took it back
 		p.finish(s, *it, OutcomeDropped, report{queued: true, at: it.at})
 		return false
 	}
@@ -478,6 +491,9 @@ var errGoexit = errors.New("bgpool: task called runtime.Goexit")
 // and settle it. Pools with a rate limit or a maximum queue wait pass
 // through gate first.
 func (p *Pool) run(s *slot, it item) {
+	if c, ok := it.ctx.(*awaited); ok {
+		s.waiter.Store(c)
+	}
 	if p.limiter != nil || p.opts.maxQueueWait > 0 {
 		if !p.gate(s, &it) {
 			return
