@@ -32,7 +32,24 @@ import (
 const testDB = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreCurrent())
+	dir, err := os.MkdirTemp("", "durable-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binPath = filepath.Join(dir, "durable")
+	goleak.VerifyTestMain(removing{m, dir}, goleak.IgnoreCurrent())
+}
+
+// removing runs the tests, then removes dir (the built binary's).
+type removing struct {
+	m   *testing.M
+	dir string
+}
+
+func (r removing) Run() int {
+	defer os.RemoveAll(r.dir)
+	return r.m.Run()
 }
 
 // testSchema makes a schema of its own for t and returns the database URL
@@ -65,16 +82,11 @@ var (
 	buildErr  error
 )
 
-// binary builds the example once for the test binary's run.
+// binary builds the example once for the test binary's run, into a
+// directory that TestMain removes.
 func binary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "durable-test")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "durable")
 		build := exec.Command("go", "build", "-o", binPath, ".")
 		build.Stderr = os.Stderr
 		buildErr = build.Run()
