@@ -319,7 +319,7 @@ const (
 	handoffBatchTime  = 250 * time.Millisecond
 	minHandoffBatch   = 100
 	maxHandoffBatch   = 5000
-	defaultPerJob     = 50 * time.Microsecond
+	defaultPerJob     = 80 * time.Microsecond
 	defaultPerCall    = 10 * time.Millisecond
 	handoffEWMAWeight = 0.5
 )
