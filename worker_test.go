@@ -17,7 +17,7 @@ import (
 // queue of 8, a task that blocks, 3 tasks queued behind it, Shutdown begun
 // with ctx, and then the blocking task (or the observer or error handler it
 // reaches) calls runtime.Goexit. It returns Shutdown's error and the Stats.
-func goexitDuringDrain(t *testing.T, ctx context.Context, where string) (error, bgpool.Stats) {
+func goexitDuringDrain(t *testing.T, ctx context.Context, where string) (bgpool.Stats, error) {
 	t.Helper()
 	exit := make(chan struct{})
 	started := make(chan struct{})
@@ -56,7 +56,7 @@ func goexitDuringDrain(t *testing.T, ctx context.Context, where string) (error, 
 	close(exit)
 	err := receive(t, done, 10*time.Second, "Shutdown did not return after the Goexit")
 	assert.Equal(t, int64(3), ran.Load(), "every queued task runs after the Goexit")
-	return err, p.Stats()
+	return p.Stats(), err
 }
 
 func TestAGoexitDuringTheDrainLeavesNoQueuedTaskBehind(t *testing.T) {
@@ -64,7 +64,7 @@ func TestAGoexitDuringTheDrainLeavesNoQueuedTaskBehind(t *testing.T) {
 		t.Run("in the "+where, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			err, s := goexitDuringDrain(t, ctx, where)
+			s, err := goexitDuringDrain(t, ctx, where)
 			require.NoError(t, err)
 			assert.Equal(t, uint64(0), s.Abandoned)
 			assert.Equal(t, uint64(4), s.Completed+s.Failed)
@@ -72,7 +72,7 @@ func TestAGoexitDuringTheDrainLeavesNoQueuedTaskBehind(t *testing.T) {
 		})
 	}
 	t.Run("with a ctx that has no deadline", func(t *testing.T) {
-		err, s := goexitDuringDrain(t, context.Background(), "task")
+		s, err := goexitDuringDrain(t, context.Background(), "task")
 		require.NoError(t, err)
 		assert.Equal(t, uint64(3), s.Completed)
 		assert.Equal(t, uint64(1), s.Failed)
