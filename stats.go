@@ -28,7 +28,7 @@ type Stats struct {
 	Completed uint64 // tasks that returned nil
 	Failed    uint64 // tasks that returned an error or called runtime.Goexit
 	Panicked  uint64 // tasks that panicked
-	Dropped   uint64 // tasks discarded by Drop, DropOldest or Spill (a closure, or a Job whose hand-off failed), by WithMaxQueueWait, by a failing Limiter, or kept by a WithAfterResponse handler that panicked
+	Dropped   uint64 // tasks discarded by Drop, DropOldest or Spill (a closure, or a Job whose hand-off failed), by WithMaxQueueWait, by a failing Limiter, kept by a WithAfterResponse handler that panicked, or taken back by Job.Do before they started
 	Rejected  uint64 // tasks refused with an error: ErrOverloaded, ErrClosed, or bad input
 	Abandoned uint64 // tasks queued or running when Shutdown's deadline passed
 	HandedOff uint64 // Jobs the pool's Handoff accepted: under Spill, or queued when Shutdown's drain ended (see WithHandoff)
