@@ -61,7 +61,11 @@
 // counted in atomic counters, each on its own cache line; Stats reads them,
 // the queue's length and the workers' states into one snapshot whose sum
 // always adds up. A mutex guards only what changes when a worker starts or
-// leaves, and Shutdown.
+// leaves, and Shutdown. A worker runs its tasks under one panic guard (a
+// deferred recover) per run of tasks, not per task: a panic unwinds to it,
+// it counts the task Panicked, and the worker starts a new run; a
+// runtime.Goexit hands the worker's record and place to a new goroutine
+// once the task is counted.
 //
 // With a rate limit (WithRateLimit, or a Limiter of your own with
 // WithLimiter) a worker takes the next task and then waits for its token,
