@@ -100,7 +100,7 @@ func (p *Pool) admitted() {
 		}
 	}
 	if p.abandoned.Load() {
-		p.abandonQueued()
+		p.takeQueued() // a submitter got a task in after the abandonment
 	}
 }
 

@@ -84,9 +84,9 @@ func WithHandoff(h Handoff) Option {
 	})
 }
 
-// handoffTimeout bounds a hand-off that has no deadline of its own to keep:
-// Spill's, which runs on a submitter whose context may already be done
-// (WithAfterResponse), and Shutdown's when its ctx has no deadline left.
+// handoffTimeout bounds Spill's hand-off, which runs on a submitter whose
+// context may already be done (WithAfterResponse) and has no deadline of
+// its own to keep.
 const handoffTimeout = 5 * time.Second
 
 // spill is Overflow.HandOff for the task submitted with ctx.

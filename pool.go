@@ -150,13 +150,14 @@ func New(size int, opts ...Option) (*Pool, error) {
 		return nil, fmt.Errorf("bgpool: New: queue size %d is larger than MaxQueueSize (%d)", o.queueSize, MaxQueueSize)
 	}
 
+	stamp := o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil
 	p := &Pool{
 		opts:    o,
 		queue:   make(chan item, o.queueSize),
 		limiter: o.limiter,
-		stamp:   o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil,
+		stamp:   stamp,
 		block:   isBlock(o.policy),
-		guarded: o.limiter != nil || o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil,
+		guarded: stamp || o.limiter != nil,
 		epoch:   time.Now(),
 		done:    make(chan struct{}),
 

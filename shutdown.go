@@ -246,7 +246,7 @@ func (p *Pool) abandon(ctx context.Context) error {
 	p.mu.Unlock()
 	p.stats.outcomes[OutcomeAbandoned].Add(uint64(running + held))
 	unsent, handed, failed, pending := p.handoffs.stop()
-	lost := p.takeQueued() + p.abandonJobs(unsent) + failed
+	lost := p.takeQueued() + p.abandonItems(unsent) + failed
 	p.handingOff.Add(-int64(len(unsent))) // counted first, so that Stats never misses them
 	p.cancel(*p.cause.Load())
 	for _, c := range waiters { // a waiter returns now, even if its task never does
@@ -258,31 +258,20 @@ func (p *Pool) abandon(ctx context.Context) error {
 	return &ShutdownError{Queued: held + lost, Running: running, HandedOff: handed, Pending: pending, Err: ctx.Err()}
 }
 
-// abandonQueued empties the queue after an abandonment, for a submitter
-// that got a task in after it (see admitted).
-func (p *Pool) abandonQueued() { p.takeQueued() }
-
 // takeQueued empties the queue after an abandonment, counts each task
 // Abandoned, and returns how many. The observer hears of them from a
 // goroutine of its own, so that a slow observer cannot hold up Shutdown.
 func (p *Pool) takeQueued() int {
 	var lost []item
-	for {
-		select {
-		case it := <-p.queue:
-			lost = append(lost, it)
-			continue
-		default:
-		}
-		break
+	for it, ok := p.takeTask(); ok; it, ok = p.takeTask() {
+		lost = append(lost, it)
 	}
-	p.abandonJobs(lost)
-	return len(lost)
+	return p.abandonItems(lost)
 }
 
-// abandonJobs counts its Abandoned: the queued tasks that the deadline
-// left, and the Jobs a hand-off had not sent yet.
-func (p *Pool) abandonJobs(its []item) int {
+// abandonItems counts its Abandoned and returns how many: the queued tasks
+// that the deadline left, and the Jobs a hand-off had not sent yet.
+func (p *Pool) abandonItems(its []item) int {
 	if len(its) == 0 {
 		return 0
 	}
@@ -427,15 +416,7 @@ func (p *Pool) startHandoff(deadline time.Time) {
 	}
 	h.started = true
 	var others []item
-	for {
-		var it item
-		select {
-		case it = <-p.queue:
-		default:
-		}
-		if it.task == nil {
-			break
-		}
+	for it, ok := p.takeTask(); ok; it, ok = p.takeTask() {
 		if _, ok := jobOf(it.ctx); ok {
 			h.unsent = append(h.unsent, it)
 		} else {
@@ -452,7 +433,7 @@ func (p *Pool) startHandoff(deadline time.Time) {
 			lost = append(lost, it)
 		}
 	}
-	p.abandonJobs(lost)
+	p.abandonItems(lost)
 	go p.handOffQueued(deadline)
 }
 

@@ -291,8 +291,9 @@ func (p *Pool) countShed() { p.stats.shed.Add(1) }
 func (p *Pool) countDiscarded(tasks []item) {
 	for _, it := range tasks {
 		p.stats.addSubmitted()
-		err := errors.New("bgpool: task kept for after the response discarded: the handler panicked")
-		p.handleError(it.ctx, err)
-		p.settle(OutcomeDropped, report{err: err})
+		p.handleError(it.ctx, errKeptDiscarded)
+		p.settle(OutcomeDropped, report{err: errKeptDiscarded})
 	}
 }
+
+var errKeptDiscarded = errors.New("bgpool: task kept for after the response discarded: the handler panicked")

@@ -200,7 +200,7 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 			// have taken it back) or abandoned.
 			_, awaits := it.ctx.(*awaited)
 			swapped := !awaits && w.state.CompareAndSwap(slotIdle, slotRunning)
-			if swapped && !p.abandoned.Load() || p.claimSlow(&w.slot, &it, swapped) {
+			if swapped && !p.abandoned.Load() || p.claim(&w.slot, &it, swapped) {
 				if p.opts.taskTimeout > 0 {
 					dc = newDeadlineContext(p, it.ctx, p.opts.taskTimeout)
 					ctx = dc
@@ -224,7 +224,6 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 				default:
 					p.taskFailed(&w.slot, &it, ctx, err)
 				}
-
 			}
 		}
 		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
@@ -234,21 +233,27 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 	}
 }
 
-// claimSlow is the fast path's claim (see runTasks) for a loop's first
-// task (its slot is starting), for a task someone waits for, and after an
-// abandonment: it moves s to running and reports whether the task may run,
-// or settles it: Abandoned, or Dropped if its waiter took it back
-// (Job.Do). swapped tells whether the fast path moved s to running.
-func (p *Pool) claimSlow(s *slot, it *item, swapped bool) bool {
-	c, awaits := it.ctx.(*awaited)
-	if awaits {
+// claim moves s to running for it (from idle, or from starting for a
+// loop's first task) and reports whether it may run, or settles it:
+// Abandoned, or Dropped if its waiter took it back (Job.Do). swapped tells
+// whether the caller has already moved s from idle to running: the
+// workers' fast path (see runTasks) does that itself for plain tasks and
+// calls claim for the rest.
+func (p *Pool) claim(s *slot, it *item, swapped bool) bool {
+	if c, ok := it.ctx.(*awaited); ok {
 		s.waiter.Store(c) // before the claim: Shutdown reads it after its own
 	}
 	if !swapped && !s.state.CompareAndSwap(slotIdle, slotRunning) && !s.state.CompareAndSwap(slotStarting, slotRunning) || p.abandoned.Load() {
 		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
 		return false
 	}
-	if awaits && !c.claim() { // Job.Do's waiter took it back
+	return p.claimAwaited(s, it)
+}
+
+// claimAwaited marks an awaited task started, and settles it Dropped,
+// reporting false, when Job.Do's waiter took it back.
+func (p *Pool) claimAwaited(s *slot, it *item) bool {
+	if c, ok := it.ctx.(*awaited); ok && !c.claim() {
 		p.finish(s, *it, OutcomeDropped, report{queued: true, at: it.at})
 		return false
 	}
@@ -491,25 +496,14 @@ var errGoexit = errors.New("bgpool: task called runtime.Goexit")
 // and settle it. Pools with a rate limit or a maximum queue wait pass
 // through gate first.
 func (p *Pool) run(s *slot, it item) {
-	if c, ok := it.ctx.(*awaited); ok {
-		s.waiter.Store(c)
-	}
 	if p.limiter != nil || p.opts.maxQueueWait > 0 {
-		if !p.gate(s, &it) {
+		if c, ok := it.ctx.(*awaited); ok {
+			s.waiter.Store(c) // before the slot leaves idle, as in claim
+		}
+		if !p.gate(s, &it) || !p.claimAwaited(s, &it) {
 			return
 		}
-	} else {
-		if !s.state.CompareAndSwap(slotIdle, slotRunning) && !s.state.CompareAndSwap(slotStarting, slotRunning) {
-			p.finish(s, it, OutcomeAbandoned, report{queued: true, at: it.at}) // a first task abandoned as its loop started
-			return
-		}
-		if p.abandoned.Load() {
-			p.finish(s, it, OutcomeAbandoned, report{queued: true, at: it.at})
-			return
-		}
-	}
-	if c, ok := it.ctx.(*awaited); ok && !c.claim() { // Job.Do's waiter took it back
-		p.finish(s, it, OutcomeDropped, report{queued: true, at: it.at})
+	} else if !p.claim(s, &it, false) {
 		return
 	}
 	out, ran, err := p.execute(it, true)
