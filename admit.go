@@ -18,14 +18,22 @@ import (
 // ErrOverloaded when the policy refused the task, and an error for a nil ctx
 // or task. Every call is counted in Stats.
 func (p *Pool) Submit(ctx context.Context, task Task) error {
-	return p.submit(ctx, task, applyPolicy)
+	return p.submit(ctx, runnerOf(task), applyPolicy)
+}
+
+// runnerOf returns task as an item's runner, nil for a nil task.
+func runnerOf(task Task) runner {
+	if task == nil {
+		return nil
+	}
+	return task
 }
 
 // TrySubmit is like Submit but never waits and ignores the policy: when no
 // worker is free and the queue is full it returns ErrOverloaded and counts
 // the task Rejected. After Shutdown has begun it returns ErrClosed.
 func (p *Pool) TrySubmit(ctx context.Context, task Task) error {
-	return p.submit(ctx, task, neverWait)
+	return p.submit(ctx, runnerOf(task), neverWait)
 }
 
 // A submitMode says what submit does with a task that finds no room.
@@ -43,20 +51,21 @@ const (
 // the response.
 var errKept = errors.New("bgpool: kept task needs the policy")
 
-// submit is the hot path: count the call, and hand the task to the queue
-// (or straight to a parked worker) if it has room. Everything else is in
-// overflow.
-func (p *Pool) submit(ctx context.Context, task Task, mode submitMode) error {
+// submit is the hot path: count the call, and hand the task run to the
+// queue (or straight to a parked worker) if it has room. Everything else is
+// in overflow. ctx is the submitter's: its values go with the task, and it
+// bounds a wait for room.
+func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 	// Counted before closed is read, so that a Shutdown that begins now
 	// sees this task as unsettled and waits for it (see checkDrained).
 	p.stats.addSubmitted()
-	if ctx == nil || task == nil {
+	if ctx == nil || run == nil {
 		return p.reject(badSubmit(ctx))
 	}
 	if p.closed.Load() {
 		return p.reject(ErrClosed)
 	}
-	it := item{ctx: ctx, task: task}
+	it := item{ctx: ctx, run: run}
 	if p.stamp {
 		it.at = p.now()
 	}
@@ -124,7 +133,7 @@ func (p *Pool) overflow(ctx context.Context, it item, mode submitMode) error {
 		}
 		return nil
 	}
-	o := Overflow{pool: p, ctx: it.ctx, task: it.task}
+	o := Overflow{pool: p, it: it}
 	return p.applyPolicy(ctx, &o)
 }
 
@@ -255,10 +264,10 @@ func (p *Pool) dropOldest(it item) error {
 	}
 	p.mu.Unlock()
 	for _, old := range dropped {
-		p.settle(OutcomeDropped, report{ctx: old.ctx, queued: true, at: old.at})
+		p.settle(OutcomeDropped, report{wait: old.waiter(), queued: true, at: old.at})
 	}
 	if !queued {
-		p.settle(OutcomeDropped, report{ctx: it.ctx})
+		p.settle(OutcomeDropped, report{wait: it.waiter()})
 		return nil
 	}
 	p.admitted()

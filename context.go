@@ -39,15 +39,15 @@ func (c *taskContext) Value(key any) any {
 
 func (c *taskContext) String() string { return "bgpool.taskContext" }
 
-// newTaskContext returns the context for a task submitted with ctx.
-func newTaskContext(pool, ctx context.Context) context.Context {
-	if valueless(ctx) {
-		return pool
-	}
-	if c, ok := ctx.(*awaited); ok { // Do, Group and Submit[T]: the record they wait on holds it (see do.go)
+// newTaskContext returns the context for it's task.
+func newTaskContext(pool context.Context, it *item) context.Context {
+	if c := it.waiter(); c != nil { // made inside the record Do, Group or Future waits on (see do.go)
 		return c.taskContext(pool)
 	}
-	return &taskContext{pool: pool, values: ctx}
+	if valueless(it.ctx) {
+		return pool
+	}
+	return &taskContext{pool: pool, values: it.ctx}
 }
 
 // valueless reports whether ctx is context.Background() or

@@ -37,13 +37,13 @@ func (p *Pool) do(ctx context.Context, task Task, kind string, bound bool) error
 	if ctx == nil || task == nil {
 		return p.Submit(ctx, task) // counted, and refused with Submit's error
 	}
-	c := &awaited{Context: ctx, pool: p, task: task, kind: kind, bound: bound}
+	c := &awaited{ctx: ctx, pool: p, task: task, kind: kind, bound: bound}
 	if bound {
 		c.done = make(chan struct{})
 	} else {
 		c.done, c.signal = signals.Get().(chan struct{}), true
 	}
-	if err := p.Submit(c, runAwaited); err != nil {
+	if err := p.submit(ctx, c, applyPolicy); err != nil {
 		return err
 	}
 	if bound {
@@ -80,16 +80,11 @@ func (c *awaited) waitDo(ctx context.Context) error {
 }
 
 // An awaited is a task that someone waits for: Do's, a Group's or a
-// Future's. Do, Group and Submit[T] submit runAwaited with the awaited as
-// its context, which is how runAwaited finds it again without a closure per
-// task, and how the pool tells it of a task that ends without running
-// (unrunKey).
-//
-// As a context, an awaited has the Deadline, Done and Err of the context it
-// was made from (the submitter's, or the group's), which bound a blocking
-// admission, and that context's values, which the task sees.
+// Future's. It is its item's runner (see item), so the pool knows from the
+// record in the queue that someone waits, and tells it of a task that ends
+// without running (see awaited.unrun).
 type awaited struct {
-	context.Context // the submitter's context, or the group's
+	ctx context.Context // the submitter's context, or the group's
 
 	pool   *Pool
 	task   Task       // the task of Do or of a Group
@@ -114,7 +109,7 @@ type awaited struct {
 // abandonment.
 const (
 	awaitQueued    uint32 = iota // submitted, not started
-	awaitRunning                 // a worker has claimed it (see claim), or runAwaited has started it
+	awaitRunning                 // a worker has claimed it (see claim), or its run has started
 	awaitEnded                   // settled; later endings are ignored
 	awaitWithdrawn               // its waiter took it back before it started (Job.Do): it never runs
 )
@@ -125,34 +120,11 @@ type futureTask interface {
 	ended()
 }
 
-// awaitedKey is the context key under which an awaited answers with itself.
-type awaitedKey struct{}
-
-// Value answers awaitedKey with c and, while the task has not started,
-// unrunKey with the function that ends c; every other key from the context
-// c was made from. Once the task runs it no longer answers unrunKey, so that
-// a task that submits plain tasks with its own context does not lend them
-// c's notification.
-func (c *awaited) Value(key any) any {
-	switch key.(type) {
-	case awaitedKey:
-		return c
-	case unrunKey:
-		if c.state.Load() == awaitQueued {
-			return c.unrun // a method value allocates, but only on this rare path
-		}
-		return nil
-	}
-	return c.Context.Value(key)
-}
-
-func (c *awaited) String() string { return "bgpool.awaited" }
-
 // taskContext returns the pool's context for c's task, which newTaskContext
 // would otherwise allocate: made inside c, it costs nothing more. The pool
 // calls it once, when the task starts.
 func (c *awaited) taskContext(pool context.Context) context.Context {
-	c.tc = taskContext{pool: pool, values: c}
+	c.tc = taskContext{pool: pool, values: c.ctx}
 	return &c.tc
 }
 
@@ -209,7 +181,7 @@ func (c *awaited) wait(ctx context.Context) (err error, ended bool) {
 
 // waitBound is Job.Do's wait: until c ends. When ctx ends first, it takes
 // c back if its task has not started, so that it never runs, and returns
-// ctx's error; otherwise the task's context is cancelled (see runAwaited)
+// ctx's error; otherwise the task's context is cancelled (see awaited.run)
 // and it waits for the task to return, however long that takes: a queue
 // such as River that runs the job again once Do returns must not see it
 // run twice.
@@ -237,23 +209,19 @@ func (c *awaited) claim() bool {
 func (c *awaited) runBound(ctx context.Context) error {
 	tctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stop := context.AfterFunc(c.Context, func() { cancel(context.Cause(c.Context)) })
+	stop := context.AfterFunc(c.ctx, func() { cancel(context.Cause(c.ctx)) })
 	defer stop()
 	return c.task(tctx)
 }
 
-// runAwaited is the Task that Do, Group and Submit[T] submit for every
-// awaited. It is a function, not a closure, so that submitting it allocates
-// nothing: it finds its awaited in ctx, where the pool's task context has it
-// as the submitter's context.
+// run runs the awaited task and ends c with its outcome.
 //
-// A panic in the task ends the awaited with a *PanicError and goes on to the
-// pool, which counts it Panicked and makes its own *PanicError for the
-// error handler, with the same Value; a runtime.Goexit ends it with an
-// error and goes on too. Recovering and panicking again keeps the original
-// frames on the stack that the pool records.
-func runAwaited(ctx context.Context) error {
-	c := ctx.Value(awaitedKey{}).(*awaited)
+// A panic in the task ends c with a *PanicError and goes on to the pool,
+// which counts it Panicked and makes its own *PanicError for the error
+// handler, with the same Value; a runtime.Goexit ends it with an error and
+// goes on too. Recovering and panicking again keeps the original frames on
+// the stack that the pool records.
+func (c *awaited) run(ctx context.Context) error {
 	c.state.CompareAndSwap(awaitQueued, awaitRunning) // fails only if a waiter has ended c at Shutdown's abandonment
 	returned := false
 	defer func() {

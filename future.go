@@ -34,14 +34,14 @@ type Future[T any] struct {
 // closure, is the caller's. Submit is safe for concurrent use.
 func Submit[T any](ctx context.Context, p *Pool, fn func(ctx context.Context) (T, error)) (*Future[T], error) {
 	if ctx == nil {
-		return nil, p.Submit(ctx, runAwaited) // ctx is nil: counted, and refused with Submit's error
+		return nil, p.submit(ctx, nil, applyPolicy) // ctx is nil: counted, and refused with Submit's error
 	}
 	if fn == nil {
 		return nil, p.Submit(ctx, nil)
 	}
 	f := &Future[T]{fn: fn}
-	f.c = awaited{Context: ctx, pool: p, future: f, done: make(chan struct{})}
-	if err := p.Submit(&f.c, runAwaited); err != nil {
+	f.c = awaited{ctx: ctx, pool: p, future: f, done: make(chan struct{})}
+	if err := p.submit(ctx, &f.c, applyPolicy); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -86,7 +86,7 @@ func (f *Future[T]) Done() <-chan struct{} {
 	return f.c.done
 }
 
-// run runs fn; it is called by runAwaited.
+// run runs fn; it is called by awaited.run.
 func (f *Future[T]) run(ctx context.Context) error {
 	v, err := f.fn(ctx)
 	f.value = v

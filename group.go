@@ -119,7 +119,7 @@ func (g *Group) submit(task Task, mode submitMode) error {
 	if !g.add() {
 		return errGroupDone
 	}
-	c := &awaited{Context: g.ctx, pool: g.pool, task: task, group: g}
+	c := &awaited{ctx: g.ctx, pool: g.pool, task: task, group: g}
 	var err error
 	returned := false
 	defer func() {
@@ -130,7 +130,7 @@ func (g *Group) submit(task Task, mode submitMode) error {
 			g.release()
 		}
 	}()
-	err = g.pool.submit(c, runAwaited, mode)
+	err = g.pool.submit(g.ctx, c, mode)
 	returned = true
 	if errors.Is(err, ErrOverloaded) && g.ctx.Err() != nil {
 		if first := g.firstErr(); first != nil {

@@ -89,25 +89,25 @@ func WithHandoff(h Handoff) Option {
 // its own to keep.
 const handoffTimeout = 5 * time.Second
 
-// spill is Overflow.HandOff for the task submitted with ctx.
-func (p *Pool) spill(ctx context.Context) {
-	q, ok := jobOf(ctx)
+// spill is Overflow.HandOff for it.
+func (p *Pool) spill(it item) {
+	q, ok := it.job()
 	if !ok || p.opts.handoff == nil {
-		p.settle(OutcomeDropped, report{ctx: ctx})
+		p.settle(OutcomeDropped, report{wait: it.waiter()})
 		return
 	}
-	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), handoffTimeout)
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(it.ctx), handoffTimeout)
 	defer cancel()
 	start := time.Now()
 	err := p.callHandoff(hctx, []JobArgs{q.jobArgs()})
 	p.handoffs.measured(1, time.Since(start))
 	if err != nil {
 		err = fmt.Errorf("bgpool: hand-off failed; job dropped: %w", err)
-		p.handleError(ctx, err)
-		p.settle(OutcomeDropped, report{ctx: ctx, err: err})
+		p.handleError(it.ctx, err)
+		p.settle(OutcomeDropped, report{err: err})
 		return
 	}
-	p.settle(OutcomeHandedOff, report{ctx: ctx})
+	p.settle(OutcomeHandedOff, report{})
 }
 
 // callHandoff calls the Handoff, turning a panic into an error.

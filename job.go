@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"sync/atomic"
 )
 
 // JobArgs are the arguments of a Job: plain data that names its kind. It has
@@ -47,22 +46,22 @@ func NewJob[T JobArgs](work func(ctx context.Context, args T) error) *Job[T] {
 // but not its cancellation. Submit returns Submit's errors, and an error for
 // a nil p (nothing is counted) or nil args (counted Rejected).
 //
-// Submit allocates one record, which carries args and serves as the task's
-// submitted context, so that the pool can find the args again if the job
-// has to leave the process; a plain Pool.Submit allocates nothing. It is
-// safe for concurrent use.
+// Submit allocates one record, which carries args in the task's record in
+// the queue, so that the pool can find them again if the job has to leave
+// the process; a plain Pool.Submit allocates nothing. It is safe for
+// concurrent use.
 func (j *Job[T]) Submit(ctx context.Context, p *Pool, args T) error {
 	if p == nil {
 		return errors.New("bgpool: Job.Submit: nil pool")
 	}
 	if ctx == nil {
-		return p.Submit(ctx, runJob[T]) // counted, and refused with Submit's error
+		return p.submit(ctx, nil, applyPolicy) // counted, and refused with Submit's error
 	}
 	if any(args) == nil {
 		p.stats.addSubmitted()
 		return p.reject(errors.New("bgpool: Job.Submit: nil args"))
 	}
-	return p.Submit(&jobRecord[T]{Context: ctx, job: j, args: args}, runJob[T])
+	return p.submit(ctx, &jobRecord[T]{job: j, args: args}, applyPolicy)
 }
 
 // Go submits the job with args to the pool that Middleware attached to r's
@@ -79,8 +78,7 @@ func (j *Job[T]) Go(r *http.Request, args T) error {
 		}
 		return ErrNoPool
 	}
-	rec := &jobRecord[T]{Context: r.Context(), job: j, args: args}
-	return Go(r.WithContext(rec), runJob[T])
+	return goRunner(r, &jobRecord[T]{job: j, args: args})
 }
 
 // Do runs the job with args inside p and waits for it, and returns the
@@ -112,66 +110,20 @@ func (j *Job[T]) Do(ctx context.Context, p *Pool, args T) error {
 	return p.do(ctx, func(ctx context.Context) error { return j.work(ctx, args) }, args.Kind(), true)
 }
 
-// jobRecord is a submitted Job: as the task's submitted context it carries
-// the submitter's context, the job and its args, and answers jobKey with
-// itself (for runJob) and, until the job starts, queuedJobKey (for a
-// hand-off). Being the context, it needs no field in the pool's queue item,
-// and a plain Submit pays nothing for Jobs.
+// jobRecord is a submitted Job: the runner of its item (see item), which
+// holds the job and its args, so that the pool can hand the args off if the
+// job has to leave the process.
 type jobRecord[T JobArgs] struct {
-	context.Context // the submitter's, for values and for a blocking admission
-	job             *Job[T]
-	args            T
-	started         atomic.Bool
+	job  *Job[T]
+	args T
 }
 
-// jobKey is the context key under which a jobRecord answers with itself.
-type jobKey struct{}
-
-// queuedJobKey is the context key under which a jobRecord whose job has not
-// started answers with itself, as a queuedJob. Once the job runs it no
-// longer answers, so that tasks its work submits with its context are not
-// taken for the job.
-type queuedJobKey struct{}
-
-// A queuedJob is a Job that has not started: its args can be handed off.
+// A queuedJob is a Job's runner: its args can be handed off.
 type queuedJob interface {
+	runner
 	jobArgs() JobArgs
 }
 
 func (r *jobRecord[T]) jobArgs() JobArgs { return r.args }
 
-func (r *jobRecord[T]) Value(key any) any {
-	switch key.(type) {
-	case jobKey:
-		return r
-	case queuedJobKey:
-		if r.started.Load() {
-			return nil
-		}
-		return queuedJob(r)
-	}
-	return r.Context.Value(key)
-}
-
-func (r *jobRecord[T]) String() string { return "bgpool.jobRecord" }
-
-// jobOf returns the Job that ctx, a queued item's submitted context, belongs
-// to, if it is one that has not started. It looks up a context value, so it
-// is for the rare paths only: Spill and Shutdown's hand-off.
-func jobOf(ctx context.Context) (queuedJob, bool) {
-	if ctx == nil {
-		return nil, false
-	}
-	q, ok := ctx.Value(queuedJobKey{}).(queuedJob)
-	return q, ok
-}
-
-// runJob is the Task that Job.Submit and Job.Go submit. It is a function,
-// not a closure, so that submitting it allocates nothing: it finds its
-// record in ctx, where the pool's task context has it as the submitter's
-// context.
-func runJob[T JobArgs](ctx context.Context) error {
-	r := ctx.Value(jobKey{}).(*jobRecord[T])
-	r.started.Store(true)
-	return r.job.work(ctx, r.args)
-}
+func (r *jobRecord[T]) run(ctx context.Context) error { return r.job.work(ctx, r.args) }

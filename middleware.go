@@ -236,7 +236,7 @@ func (p *Pool) submitKept(k *keptTasks) {
 		// A context with the request's values that is already done, so that a
 		// Block policy admits the task only if there is room now.
 		ctx := doneContext(it.ctx)
-		err := p.submit(ctx, it.task, keptFast)
+		err := p.submit(ctx, it.run, keptFast)
 		if err == errKept { // no room: the policy decides, off the handler's goroutine
 			go p.overflowKept(ctx, kept[i:])
 			return
@@ -251,7 +251,7 @@ func (p *Pool) submitKept(k *keptTasks) {
 // counted Submitted by submitKept already, the others are submitted now.
 func (p *Pool) overflowKept(ctx context.Context, kept []item) {
 	first := kept[0]
-	it := item{ctx: ctx, task: first.task}
+	it := item{ctx: ctx, run: first.run}
 	if p.stamp {
 		it.at = p.now()
 	}
@@ -259,7 +259,7 @@ func (p *Pool) overflowKept(ctx context.Context, kept []item) {
 		p.keptRefused(first, err)
 	}
 	for _, it := range kept[1:] {
-		if err := p.Submit(doneContext(it.ctx), it.task); err != nil {
+		if err := p.submit(doneContext(it.ctx), it.run, applyPolicy); err != nil {
 			p.keptRefused(it, err)
 		}
 	}
@@ -320,22 +320,27 @@ func Go(r *http.Request, task Task) error {
 	if r == nil {
 		return errors.New("bgpool: Go: nil request")
 	}
+	return goRunner(r, runnerOf(task))
+}
+
+// goRunner is Go for any runner (a Job's too).
+func goRunner(r *http.Request, run runner) error {
 	ctx := r.Context()
 	st, ok := ctx.Value(requestKey{}).(*requestState)
 	if !ok {
 		return ErrNoPool
 	}
-	if st.kept != nil && task != nil {
+	if st.kept != nil && run != nil {
 		k := st.kept
 		k.mu.Lock()
 		if !k.returned {
-			k.tasks = append(k.tasks, item{ctx: ctx, task: task})
+			k.tasks = append(k.tasks, item{ctx: ctx, run: run})
 			k.mu.Unlock()
 			return nil
 		}
 		k.mu.Unlock()
 	}
-	return st.pool.Submit(ctx, task)
+	return st.pool.submit(ctx, run, applyPolicy)
 }
 
 // StatsHandler returns a handler that answers GET and HEAD requests with

@@ -154,8 +154,7 @@ var errSettled = errors.New("bgpool: overflow already settled")
 // must be called from that call's goroutine.
 type Overflow struct {
 	pool    *Pool
-	ctx     context.Context
-	task    Task
+	it      item
 	settled bool
 }
 
@@ -169,7 +168,7 @@ func (o *Overflow) Wait(ctx context.Context) error {
 	if o.settled {
 		return errSettled
 	}
-	it := item{ctx: o.ctx, task: o.task}
+	it := o.it
 	if o.pool.stamp {
 		it.at = o.pool.now()
 	}
@@ -188,7 +187,7 @@ func (o *Overflow) Drop() error {
 		return errSettled
 	}
 	o.settled = true
-	o.pool.settle(OutcomeDropped, report{ctx: o.ctx})
+	o.pool.settle(OutcomeDropped, report{wait: o.it.waiter()})
 	return nil
 }
 
@@ -210,7 +209,7 @@ func (o *Overflow) DropOldest() error {
 		return errSettled
 	}
 	o.settled = true
-	return o.pool.dropOldest(item{ctx: o.ctx, task: o.task})
+	return o.pool.dropOldest(o.it)
 }
 
 // Run runs the task on the calling goroutine, blocking until it returns,
@@ -226,7 +225,7 @@ func (o *Overflow) Run() error {
 		return errSettled
 	}
 	o.settled = true
-	return o.pool.runHere(item{ctx: o.ctx, task: o.task})
+	return o.pool.runHere(o.it)
 }
 
 // HandOff passes the task to the pool's Handoff if it is a Job that has not
@@ -240,6 +239,6 @@ func (o *Overflow) HandOff() error {
 		return errSettled
 	}
 	o.settled = true
-	o.pool.spill(o.ctx)
+	o.pool.spill(o.it)
 	return nil
 }

@@ -107,13 +107,43 @@ type Pool struct {
 	callers  map[*slot]struct{}
 }
 
-// item is a task on its way to a worker.
+// item is a task's record on its way to a worker: everything the core
+// needs to know of a task travels in it, none of it in context values.
 type item struct {
-	ctx  context.Context // the submitter's context, for values only
-	task Task
-	at   time.Duration // admission time on the pool's clock, set only when p.stamp
+	// ctx is the submitter's context, for its values only: the task runs
+	// with a context of the pool's that answers them (see taskContext).
+	ctx context.Context
+	// run is the task. Its type says what else there is to know (see
+	// waiter and job): a plain Task; an *awaited, a task someone waits for
+	// (Do, Group, Future); or a *jobRecord, a Job whose args the pool can
+	// hand off. A Task is pointer-shaped, so making it a runner allocates
+	// nothing.
+	run runner
+	// at is the admission time on the pool's clock, set only when p.stamp.
+	at time.Duration
 }
 
+// A runner is what an item runs.
+type runner interface {
+	run(ctx context.Context) error
+}
+
+func (t Task) run(ctx context.Context) error { return t(ctx) }
+
+// waiter returns the record of whoever waits for the task, if anyone does.
+func (it *item) waiter() *awaited {
+	c, _ := it.run.(*awaited)
+	return c
+}
+
+// job returns the task's Job, if it is one, for a hand-off.
+func (it *item) job() (queuedJob, bool) {
+	q, ok := it.run.(queuedJob)
+	return q, ok
+}
+
+// poolKey is the context key under which a task's context answers with its
+// pool, for FromContext and for Shutdown called from a task.
 type poolKey struct{}
 
 // New returns a pool that runs at most size tasks at once. The defaults are

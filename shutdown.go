@@ -277,7 +277,9 @@ func (p *Pool) abandonItems(its []item) int {
 	}
 	p.stats.outcomes[OutcomeAbandoned].Add(uint64(len(its)))
 	for _, it := range its {
-		p.notifyUnrun(it.ctx, OutcomeAbandoned)
+		if c := it.waiter(); c != nil {
+			p.notifyUnrun(c, OutcomeAbandoned)
+		}
 	}
 	if len(p.opts.observers) > 0 {
 		go func() {
@@ -417,7 +419,7 @@ func (p *Pool) startHandoff(deadline time.Time) {
 	h.started = true
 	var others []item
 	for it, ok := p.takeTask(); ok; it, ok = p.takeTask() {
-		if _, ok := jobOf(it.ctx); ok {
+		if _, ok := it.job(); ok {
 			h.unsent = append(h.unsent, it)
 		} else {
 			others = append(others, it)
@@ -467,7 +469,7 @@ func (p *Pool) handOffQueued(deadline time.Time) {
 func (p *Pool) handOff(ctx context.Context, its []item) int {
 	args := make([]JobArgs, len(its))
 	for i, it := range its {
-		q, _ := jobOf(it.ctx)
+		q, _ := it.job()
 		args[i] = q.jobArgs()
 	}
 	start := time.Now()

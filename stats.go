@@ -1,7 +1,6 @@
 package bgpool
 
 import (
-	"context"
 	"errors"
 	"sync/atomic"
 	"time"
@@ -96,10 +95,10 @@ const outcomeCount = int(OutcomeHandedOff) + 1
 
 // report is what the observer is told of a task besides its outcome.
 type report struct {
-	ctx     context.Context // the submitter's context, for a task that ends without running (see unrunKey); may be nil
-	queued  bool            // the task was admitted (at is its admission time)
-	started bool            // the task ran (ran is how long)
-	at      time.Duration   // admission time, on the pool's clock (see Pool.now)
+	wait    *awaited      // whoever waits for a task that ends without running, to tell; nil for none
+	queued  bool          // the task was admitted (at is its admission time)
+	started bool          // the task ran (ran is how long)
+	at      time.Duration // admission time, on the pool's clock (see Pool.now)
 	ran     time.Duration
 	err     error
 }
@@ -136,30 +135,22 @@ func (p *Pool) settleCounted(out Outcome, r report) {
 	if p.closed.Load() && len(p.queue) == 0 {
 		defer p.checkDrained() // deferred: the observer may call runtime.Goexit
 	}
-	if r.ctx != nil {
-		p.notifyUnrun(r.ctx, out)
+	if r.wait != nil {
+		p.notifyUnrun(r.wait, out)
 	}
 	if len(p.opts.observers) > 0 {
 		p.observe(out, r)
 	}
 }
 
-// unrunKey is the context key under which Do, Group and Submit[T] leave a
-// func(error) to call when their task ends without running: dropped,
-// expired or abandoned. The pool looks for it only on those rare paths.
-type unrunKey struct{}
-
-// notifyUnrun tells whoever waits for a task that ended without running.
-func (p *Pool) notifyUnrun(ctx context.Context, out Outcome) {
-	f, ok := ctx.Value(unrunKey{}).(func(error))
-	if !ok {
-		return
-	}
+// notifyUnrun tells whoever waits for a task (Do, Group, Future) that it
+// ended without running: dropped, expired or abandoned.
+func (p *Pool) notifyUnrun(c *awaited, out Outcome) {
 	err := ErrDropped
 	if out == OutcomeAbandoned {
 		err = p.abandonErr()
 	}
-	f(err)
+	c.unrun(err)
 }
 
 // abandonErr is the error of a task that Shutdown abandoned: it matches

@@ -99,7 +99,7 @@ func (p *Pool) startLoopLocked(w *worker, first *item) {
 		p.active.Add(-1)
 		p.left()
 		if first != nil {
-			p.settle(OutcomeAbandoned, report{ctx: first.ctx, queued: true, at: first.at})
+			p.settle(OutcomeAbandoned, report{wait: first.waiter(), queued: true, at: first.at})
 		}
 		if p.closed.Load() {
 			p.checkDrained()
@@ -118,7 +118,7 @@ func (p *Pool) startLoopLocked(w *worker, first *item) {
 	}
 	if first != nil {
 		w.first, w.hasFirst = *first, true
-		if c, ok := first.ctx.(*awaited); ok {
+		if c := first.waiter(); c != nil {
 			w.waiter.Store(c)
 		}
 		w.state.Store(slotStarting)
@@ -198,16 +198,21 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 			// The claim, written out (a call would cost a tenth of the
 			// path): idle to running, unless the task is awaited (Job.Do may
 			// have taken it back) or abandoned.
-			_, awaits := it.ctx.(*awaited)
+			_, awaits := it.run.(*awaited)
 			swapped := !awaits && w.state.CompareAndSwap(slotIdle, slotRunning)
 			if swapped && !p.abandoned.Load() || p.claim(&w.slot, &it, swapped) {
 				if p.opts.taskTimeout > 0 {
 					dc = newDeadlineContext(p, it.ctx, p.opts.taskTimeout)
 					ctx = dc
 				} else {
-					ctx = newTaskContext(p.base, it.ctx)
+					ctx = newTaskContext(p.base, &it)
 				}
-				err := it.task(ctx)
+				var err error
+				if t, ok := it.run.(Task); ok {
+					err = t(ctx) // a direct call: the common case
+				} else {
+					err = it.run.run(ctx)
+				}
 				if dc != nil {
 					dc.release()
 					dc = nil
@@ -240,7 +245,7 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 // workers' fast path (see runTasks) does that itself for plain tasks and
 // calls claim for the rest.
 func (p *Pool) claim(s *slot, it *item, swapped bool) bool {
-	if c, ok := it.ctx.(*awaited); ok {
+	if c := it.waiter(); c != nil {
 		s.waiter.Store(c) // before the claim: Shutdown reads it after its own
 	}
 	if !swapped && !s.state.CompareAndSwap(slotIdle, slotRunning) && !s.state.CompareAndSwap(slotStarting, slotRunning) || p.abandoned.Load() {
@@ -253,7 +258,7 @@ func (p *Pool) claim(s *slot, it *item, swapped bool) bool {
 // claimAwaited marks an awaited task started, and settles it Dropped,
 // reporting false, when Job.Do's waiter took it back.
 func (p *Pool) claimAwaited(s *slot, it *item) bool {
-	if c, ok := it.ctx.(*awaited); ok && !c.claim() {
+	if c := it.waiter(); c != nil && !c.claim() {
 		p.finish(s, *it, OutcomeDropped, report{queued: true, at: it.at})
 		return false
 	}
@@ -497,7 +502,7 @@ var errGoexit = errors.New("bgpool: task called runtime.Goexit")
 // through gate first.
 func (p *Pool) run(s *slot, it item) {
 	if p.limiter != nil || p.opts.maxQueueWait > 0 {
-		if c, ok := it.ctx.(*awaited); ok {
+		if c := it.waiter(); c != nil {
 			s.waiter.Store(c) // before the slot leaves idle, as in claim
 		}
 		if !p.gate(s, &it) || !p.claimAwaited(s, &it) {
@@ -514,8 +519,8 @@ func (p *Pool) run(s *slot, it item) {
 // Shutdown has already counted it Abandoned; then only the observer hears
 // of it.
 func (p *Pool) finish(s *slot, it item, out Outcome, r report) {
-	if !r.started && it.ctx != nil {
-		r.ctx = it.ctx // it ends without running: tell Do, Group or Future
+	if !r.started {
+		r.wait = it.waiter() // it ends without running: tell Do, Group or Future
 	}
 	for {
 		st := s.state.Load()
@@ -524,8 +529,8 @@ func (p *Pool) finish(s *slot, it item, out Outcome, r report) {
 		}
 		if st == slotAbandoned {
 			s.state.Store(slotIdle)
-			if r.ctx != nil {
-				p.notifyUnrun(r.ctx, OutcomeAbandoned)
+			if r.wait != nil {
+				p.notifyUnrun(r.wait, OutcomeAbandoned)
 			}
 			if len(p.opts.observers) > 0 {
 				r.err = nil
@@ -641,7 +646,7 @@ func (p *Pool) execute(it item, queued bool) (out Outcome, ran time.Duration, er
 		defer dc.release()
 		ctx = dc
 	} else {
-		ctx = newTaskContext(p.base, it.ctx)
+		ctx = newTaskContext(p.base, &it)
 	}
 	var start time.Time
 	if len(p.opts.observers) > 0 {
@@ -651,7 +656,7 @@ func (p *Pool) execute(it item, queued bool) (out Outcome, ran time.Duration, er
 	if p.opts.wrap != nil {
 		err, isPanic = p.callWrapped(ctx, it, queued)
 	} else {
-		err, isPanic = call(ctx, it.task)
+		err, isPanic = call(ctx, it.run)
 	}
 	if !start.IsZero() {
 		ran = time.Since(start)
@@ -671,18 +676,18 @@ func (p *Pool) execute(it item, queued bool) (out Outcome, ran time.Duration, er
 // echoesGroup reports whether it is a Group's task whose err only echoes a
 // sibling's failure (see Group).
 func echoesGroup(it item, err error) bool {
-	c, ok := it.ctx.(*awaited)
-	return ok && c.group != nil && c.group.echoes(c, err)
+	c := it.waiter()
+	return c != nil && c.group != nil && c.group.echoes(c, err)
 }
 
 // call runs task, turning a panic into a *PanicError.
-func call(ctx context.Context, task Task) (err error, isPanic bool) {
+func call(ctx context.Context, task runner) (err error, isPanic bool) {
 	defer func() {
 		if v := recover(); v != nil {
 			err, isPanic = &PanicError{Value: v, Stack: debug.Stack()}, true
 		}
 	}()
-	return task(ctx), false
+	return task.run(ctx), false
 }
 
 // callWrapped runs it's task through the pool's task wrapper (see
@@ -690,10 +695,10 @@ func call(ctx context.Context, task Task) (err error, isPanic bool) {
 // is counted a panic again when the wrapper returns it.
 func (p *Pool) callWrapped(ctx context.Context, it item, queued bool) (err error, isPanic bool) {
 	var info TaskInfo
-	if q, ok := jobOf(it.ctx); ok {
+	if q, ok := it.job(); ok {
 		info.Kind = q.jobArgs().Kind()
 	}
-	if c, ok := it.ctx.(*awaited); ok {
+	if c := it.waiter(); c != nil {
 		info.Awaited = true
 		info.Kind = c.kind
 	}
@@ -702,17 +707,17 @@ func (p *Pool) callWrapped(ctx context.Context, it item, queued bool) (err error
 	}
 	var recovered error
 	run := func(ctx context.Context) error {
-		err, panicked := call(ctx, it.task)
+		err, panicked := call(ctx, it.run)
 		if panicked {
 			recovered = err
 		}
 		return err
 	}
-	err, isPanic = call(ctx, func(ctx context.Context) error { return p.opts.wrap(ctx, info, run) })
+	err, isPanic = call(ctx, Task(func(ctx context.Context) error { return p.opts.wrap(ctx, info, run) }))
 	if !isPanic && recovered != nil && err == recovered {
 		isPanic = true
 	}
-	if c, ok := it.ctx.(*awaited); ok { // a wrapper that panicked before it ran the task: tell the waiter
+	if c := it.waiter(); c != nil { // a wrapper that panicked before it ran the task: tell the waiter
 		c.end(err, false)
 	}
 	return err, isPanic
