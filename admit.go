@@ -3,7 +3,6 @@ package bgpool
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 )
 
 // Submit hands task to the pool; it runs on a worker with a context that
@@ -62,7 +61,7 @@ func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 	if ctx == nil || run == nil {
 		return p.reject(badSubmit(ctx))
 	}
-	if p.closed.Load() {
+	if p.closing() {
 		return p.reject(ErrClosed)
 	}
 	it := item{ctx: ctx, run: run}
@@ -73,7 +72,7 @@ func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 	case p.queue <- it: // admitted: a parked worker has it, or it waits in the queue
 		// At the cap (the steady state under load) and open, nothing more
 		// is to do; admitted looks further.
-		if p.active.Load() < p.workers.Load() || p.abandoned.Load() {
+		if p.active.Load() < p.workers.Load() || p.isAbandoned() {
 			p.admitted()
 		}
 		return nil
@@ -108,7 +107,7 @@ func (p *Pool) admitted() {
 			p.startWorker(nil)
 		}
 	}
-	if p.abandoned.Load() {
+	if p.isAbandoned() {
 		p.takeQueued() // a submitter got a task in after the abandonment
 	}
 }
@@ -187,7 +186,7 @@ func (p *Pool) wait(ctx context.Context, it item) error {
 	if ctx == nil {
 		return errors.New("bgpool: Overflow.Wait: nil context")
 	}
-	if p.closed.Load() {
+	if p.closing() {
 		return ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
@@ -206,14 +205,6 @@ func (p *Pool) wait(ctx context.Context, it item) error {
 	}
 }
 
-// closingShard returns one of the channels that Shutdown closes when it
-// begins, picked at random: every waiting submitter's select locks the one
-// it waits on, twice, and one channel shared by hundreds of waiters made
-// its lock a point of contention.
-func (p *Pool) closingShard() <-chan struct{} {
-	return p.closingShards[rand.Uint32()%uint32(len(p.closingShards))]
-}
-
 // maxDropOldestTries bounds how many queued tasks one DropOldest may drop
 // while later submitters keep taking the room it makes, each of whose
 // tasks has displaced one then; past it the new task is dropped.
@@ -226,7 +217,7 @@ const maxDropOldestTries = 1000
 // in line with each other and with Shutdown: once the pool is closed, it
 // takes nothing out of the queue that the drain would run.
 func (p *Pool) dropOldest(it item) error {
-	if p.closed.Load() {
+	if p.closing() {
 		return p.reject(ErrClosed)
 	}
 	if p.stamp {
@@ -244,7 +235,7 @@ func (p *Pool) dropOldest(it item) error {
 	var dropped []item
 	queued := false
 	p.mu.Lock()
-	if p.closed.Load() {
+	if p.closing() {
 		p.mu.Unlock()
 		return p.reject(ErrClosed)
 	}
@@ -280,6 +271,6 @@ func (p *Pool) dropOldest(it item) error {
 func (p *Pool) saturated() bool {
 	// Submitters wait for room only while the queue is full and no worker
 	// is parked, so this also tells whether some are waiting.
-	return p.closed.Load() ||
+	return p.closing() ||
 		len(p.queue) >= cap(p.queue) && p.parked.Load() == 0 && p.active.Load() >= p.workers.Load()
 }

@@ -172,7 +172,7 @@ func (c *awaited) wait(ctx context.Context) (err error, ended bool) {
 		return c.err, true
 	case <-ctx.Done(): // the caller stopped waiting; the task goes on
 		return ctx.Err(), false
-	case <-c.pool.abandonedCh: // Shutdown's deadline passed: a running task may never return
+	case <-c.pool.life.abandoned: // Shutdown's deadline passed: a running task may never return
 		c.end(c.pool.abandonErr(), false) // unless it has ended meanwhile
 		<-c.done
 		return c.err, true

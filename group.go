@@ -171,7 +171,7 @@ func (g *Group) Wait() error {
 	}
 	select {
 	case <-g.done: // every admitted task has ended
-	case <-g.pool.abandonedCh: // Shutdown's deadline passed: running tasks may never return
+	case <-g.pool.life.abandoned: // Shutdown's deadline passed: running tasks may never return
 		select {
 		case <-g.done: // they had all ended
 		default:

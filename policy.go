@@ -172,7 +172,7 @@ func (o *Overflow) Wait(ctx context.Context) error {
 	if o.pool.stamp {
 		it.at = o.pool.now()
 	}
-	if ctx != nil && !o.pool.closed.Load() && o.pool.admitByStarting(it) { // a worker may have retired since the pool looked
+	if ctx != nil && !o.pool.closing() && o.pool.admitByStarting(it) { // a worker may have retired since the pool looked
 		o.settled = true
 		return nil
 	}

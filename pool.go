@@ -9,8 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/panjf2000/ants/v2"
 )
 
 // A Task is a unit of background work. Its ctx carries the values of the
@@ -56,21 +54,12 @@ type Pool struct {
 	epoch   time.Time       // the origin of the pool's clock (see now)
 	base    context.Context // parent of every task's cancellation
 	cancel  context.CancelCauseFunc
-	// closed when Shutdown begins, for waiting submitters (see closingShard)
-	closingShards [8]chan struct{}
-	done          chan struct{} // closed when the pool has drained, or Shutdown has abandoned what was left
-	// closed when Shutdown abandons what is left, for those who wait for
-	// tasks (Do, Group, Future): a running task is abandoned, but may never
-	// return.
-	abandonedCh chan struct{}
-	released    chan struct{}         // closed once ants has been released and its goroutines are gone
-	cause       atomic.Pointer[error] // why Shutdown abandoned tasks; set before abandoned
+	life    lifecycle // the signals of the phases (see phase)
 
 	// Read on every task, written rarely: they share a cache line.
-	workers   atomic.Int64 // the size cap
-	closed    atomic.Bool  // Shutdown has begun
-	abandoned atomic.Bool  // Shutdown's deadline passed
-	_         [48]byte
+	workers atomic.Int64  // the size cap
+	phase   atomic.Uint32 // open, draining, drained or abandoned (see phase)
+	_       [52]byte
 
 	// Written when a worker starts, retires or parks: each on a line of its
 	// own, so that parking does not make every submitter reload the line
@@ -86,25 +75,17 @@ type Pool struct {
 	handoffs   handoffs
 	handlers   handlers // requests in a handler behind Middleware, for Serve
 
-	releasing     atomic.Bool   // release waits for the worker loops to return
-	loopsGone     chan struct{} // closed when they have (see left)
-	loopsGoneOnce sync.Once
-
 	stats counters
 
-	doneOnce    sync.Once
-	releaseOnce sync.Once // ants is released once, after the drain or at the abandonment
-
-	// mu guards the workers' and CallerRuns tasks' records and ants'
-	// lifecycle; it is taken to start or retire a worker loop, to run a task
-	// on a submitter, and by Stats and Shutdown, never per task.
-	mu       sync.Mutex
-	ants     *ants.Pool  // made when the first worker loop starts
-	reaper   *time.Timer // runs reap; made with ants
-	antsGone bool        // ants has been released: no worker loop can start
-	all      []*worker   // every worker record made, for Stats and Shutdown
-	free     []*worker   // records of loops that have returned, to reuse
-	callers  map[*slot]struct{}
+	// mu guards the workers' and CallerRuns tasks' records and the loops'
+	// start; it is taken to start or retire a worker loop, to run a task on
+	// a submitter, and by Stats and Shutdown, never per task.
+	mu      sync.Mutex
+	loops   antsLoops   // runs the worker loops
+	reaper  *time.Timer // runs reap; made with the first loop
+	all     []*worker   // every worker record made, for Stats and Shutdown
+	free    []*worker   // records of loops that have returned, to reuse
+	callers map[*slot]struct{}
 }
 
 // item is a task's record on its way to a worker: everything the core
@@ -189,16 +170,9 @@ func New(size int, opts ...Option) (*Pool, error) {
 		block:   isBlock(o.policy),
 		guarded: stamp || o.limiter != nil,
 		epoch:   time.Now(),
-		done:    make(chan struct{}),
-
-		abandonedCh: make(chan struct{}),
-		released:    make(chan struct{}),
-		loopsGone:   make(chan struct{}),
-		callers:     make(map[*slot]struct{}),
+		callers: make(map[*slot]struct{}),
 	}
-	for i := range p.closingShards {
-		p.closingShards[i] = make(chan struct{})
-	}
+	p.life.init()
 	p.workers.Store(int64(size))
 	p.base, p.cancel = context.WithCancelCause(context.WithValue(context.Background(), poolKey{}, p))
 	return p, nil

@@ -43,30 +43,15 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	if ctx == nil {
 		return errors.New("bgpool: Shutdown: nil context")
 	}
-	// p.mu orders this with runHere's registration, which checks closed
-	// under it, with notify's sends on the wake channels, and with
-	// DropOldest.
-	p.mu.Lock()
-	first := !p.closed.Load()
-	if first {
-		p.closed.Store(true)
-		for _, c := range p.closingShards {
-			close(c)
-		}
-		p.wakeParked()
-	}
-	p.mu.Unlock()
-	if first {
-		p.checkDrained()
-	}
-	if ctx.Value(poolKey{}) == p {
+	p.beginShutdown()
+	if p.isPoolContext(ctx) {
 		return nil
 	}
 
 	if err := p.drain(ctx); err != nil {
 		return err
 	}
-	if p.abandoned.Load() {
+	if p.isAbandoned() {
 		n := int(p.stats.load(OutcomeAbandoned))
 		verb := "were"
 		if n == 1 {
@@ -78,14 +63,14 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	// releaseMargin beyond it: parked workers leave at once, but an
 	// observer or error handler may still hold one.
 	select {
-	case <-p.released:
+	case <-p.life.released:
 		return nil
 	case <-ctx.Done():
 	}
 	t := time.NewTimer(releaseMargin)
 	defer t.Stop()
 	select {
-	case <-p.released:
+	case <-p.life.released:
 		return nil
 	case <-t.C:
 		return fmt.Errorf("bgpool: shutdown: every task ended, but workers are still busy in the observer or error handler: %w", ctx.Err())
@@ -117,7 +102,7 @@ func (p *Pool) drain(ctx context.Context) error {
 				}
 			}
 			select {
-			case <-p.done: // drained, or abandoned by another Shutdown
+			case <-p.life.done: // drained, or abandoned by another Shutdown
 				return nil
 			case <-ctx.Done(): // the deadline came first
 				return p.abandonAt(ctx)
@@ -127,7 +112,7 @@ func (p *Pool) drain(ctx context.Context) error {
 		}
 	}
 	select {
-	case <-p.done: // drained, or abandoned by another Shutdown
+	case <-p.life.done: // drained, or abandoned by another Shutdown
 		return nil
 	case <-ctx.Done(): // the deadline came first
 		return p.abandonAt(ctx)
@@ -138,8 +123,8 @@ func (p *Pool) drain(ctx context.Context) error {
 // same moment.
 func (p *Pool) abandonAt(ctx context.Context) error {
 	select {
-	case <-p.done:
-		if !p.abandoned.Load() {
+	case <-p.life.done:
+		if !p.isAbandoned() {
 			return nil
 		}
 	default:
@@ -150,19 +135,6 @@ func (p *Pool) abandonAt(ctx context.Context) error {
 // releaseMargin is how long Shutdown waits beyond its deadline for workers
 // that have no task left to leave.
 const releaseMargin = 100 * time.Millisecond
-
-// checkDrained ends the shutdown once Shutdown has begun and every task
-// submitted has reached its outcome, and releases ants on a goroutine of
-// its own: the caller may be one of ants' workers, which ants waits for.
-func (p *Pool) checkDrained() {
-	if p.unsettled() != 0 {
-		return
-	}
-	p.doneOnce.Do(func() {
-		close(p.done)
-		go p.release()
-	})
-}
 
 // A ShutdownError is the error Shutdown returns when its ctx ended before
 // the pool drained: what it abandoned and what it handed off, so that a
@@ -218,8 +190,10 @@ func plural(n int, noun string) string {
 // still counted Abandoned, once), and releases ants without waiting.
 func (p *Pool) abandon(ctx context.Context) error {
 	cause := fmt.Errorf("bgpool: shutdown deadline passed: %w", context.Cause(ctx))
-	p.cause.CompareAndSwap(nil, &cause)
-	if !p.abandoned.CompareAndSwap(false, true) {
+	if !p.markAbandoned(cause) {
+		if !p.isAbandoned() { // it drained meanwhile
+			return nil
+		}
 		return &ShutdownError{Queued: int(p.stats.load(OutcomeAbandoned)), Err: ctx.Err()}
 	}
 	running, held := 0, 0
@@ -248,12 +222,10 @@ func (p *Pool) abandon(ctx context.Context) error {
 	unsent, handed, failed, pending := p.handoffs.stop()
 	lost := p.takeQueued() + p.abandonItems(unsent) + failed
 	p.handingOff.Add(-int64(len(unsent))) // counted first, so that Stats never misses them
-	p.cancel(*p.cause.Load())
+	p.announceAbandoned()
 	for _, c := range waiters { // a waiter returns now, even if its task never does
 		c.end(p.abandonErr(), false)
 	}
-	close(p.abandonedCh)
-	p.doneOnce.Do(func() { close(p.done) })
 	p.release()
 	return &ShutdownError{Queued: held + lost, Running: running, HandedOff: handed, Pending: pending, Err: ctx.Err()}
 }
@@ -288,7 +260,7 @@ func (p *Pool) abandonItems(its []item) int {
 			}
 		}()
 	}
-	if p.closed.Load() {
+	if p.closing() {
 		p.checkDrained()
 	}
 	return len(its)
@@ -457,7 +429,7 @@ func (p *Pool) handOffQueued(deadline time.Time) {
 		h.lost += len(b) - handed
 		h.mu.Unlock()
 		p.handingOff.Add(-int64(len(b)))
-		if p.closed.Load() {
+		if p.closing() {
 			p.checkDrained()
 		}
 	}
@@ -542,41 +514,3 @@ func refusedJobs(err error, n int) []bool {
 	return refused
 }
 
-// release releases ants once, and makes sure no worker loop starts after
-// it. After a drain it waits for every worker loop to return, on a channel
-// that the last one closes (see left), then releases ants, whose own
-// goroutines exit right after on their own, and closes p.released;
-// Shutdown waits for that within its ctx. (ants' ReleaseContext would wait
-// for its goroutines too, but it spins until they are gone, which kept a
-// core busy for milliseconds.) After an abandonment it does not wait:
-// workers still running abandoned tasks exit when those return.
-func (p *Pool) release() {
-	p.releaseOnce.Do(func() {
-		p.mu.Lock()
-		a := p.ants
-		p.antsGone = true
-		if p.reaper != nil {
-			p.reaper.Stop()
-		}
-		p.mu.Unlock()
-		if a != nil && !p.abandoned.Load() {
-			p.releasing.Store(true)
-			p.left()
-			<-p.loopsGone
-		}
-		if a != nil {
-			a.Release()
-		}
-		close(p.released)
-	})
-}
-
-// left runs after a worker loop has left active: once release waits for
-// the loops and none is left, it tells release. The loop leaves active and
-// then reads releasing, release sets releasing and then reads active, so
-// one of the two sees the other.
-func (p *Pool) left() {
-	if p.active.Load() == 0 && p.releasing.Load() {
-		p.loopsGoneOnce.Do(func() { close(p.loopsGone) })
-	}
-}

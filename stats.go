@@ -132,7 +132,7 @@ func (p *Pool) settle(out Outcome, r report) {
 func (p *Pool) settleCounted(out Outcome, r report) {
 	// While the queue holds tasks the pool cannot have drained: look only
 	// once it is empty, since checkDrained sums every worker's counter.
-	if p.closed.Load() && len(p.queue) == 0 {
+	if p.closing() && len(p.queue) == 0 {
 		defer p.checkDrained() // deferred: the observer may call runtime.Goexit
 	}
 	if r.wait != nil {
@@ -151,15 +151,6 @@ func (p *Pool) notifyUnrun(c *awaited, out Outcome) {
 		err = p.abandonErr()
 	}
 	c.unrun(err)
-}
-
-// abandonErr is the error of a task that Shutdown abandoned: it matches
-// the cause of Shutdown's deadline (context.DeadlineExceeded, say).
-func (p *Pool) abandonErr() error {
-	if err := p.cause.Load(); err != nil {
-		return *err
-	}
-	return ErrClosed
 }
 
 // unsettled returns how many tasks have been submitted and not yet reached

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/panjf2000/ants/v2"
 )
 
 // A slot holds the state of the task that a worker loop, or a submitter
@@ -89,11 +88,10 @@ func (p *Pool) startWorker(first *item) {
 // startLoopLocked starts a loop on w's record, with first as its first task
 // if it is not nil, and unlocks p.mu. The first task counts Queued (the slot
 // holds it) from now on, so that Stats sees it while ants starts the loop.
-// If the loop cannot start because ants has been released (Shutdown
-// abandoned the pool, or it drained), the place is given back and first
-// abandoned. Requires p.mu.
+// Once the pool has drained or been abandoned no loop starts (see release):
+// the place is given back and first abandoned. Requires p.mu.
 func (p *Pool) startLoopLocked(w *worker, first *item) {
-	if p.antsGone {
+	if p.phase.Load() >= phaseDrained {
 		p.free = append(p.free, w)
 		p.mu.Unlock()
 		p.active.Add(-1)
@@ -101,18 +99,10 @@ func (p *Pool) startLoopLocked(w *worker, first *item) {
 		if first != nil {
 			p.settle(OutcomeAbandoned, report{wait: first.waiter(), queued: true, at: first.at})
 		}
-		if p.closed.Load() {
-			p.checkDrained()
-		}
+		p.checkDrained()
 		return
 	}
-	if p.ants == nil {
-		// Unbounded: the cap is active's, so ants never refuses a loop.
-		a, err := ants.NewPool(-1)
-		if err != nil { // cannot happen with no options
-			panic("bgpool: ants.NewPool: " + err.Error())
-		}
-		p.ants = a
+	if p.reaper == nil {
 		p.reaper = time.AfterFunc(time.Hour, p.reap)
 		p.reaper.Stop()
 	}
@@ -123,11 +113,8 @@ func (p *Pool) startLoopLocked(w *worker, first *item) {
 		}
 		w.state.Store(slotStarting)
 	}
-	err := p.ants.Submit(w.loopFn)
+	p.loops.start(w.loopFn)
 	p.mu.Unlock()
-	if err != nil { // ants was released concurrently; not reachable while p.antsGone is false
-		panic("bgpool: ants.Submit: " + err.Error())
-	}
 	p.armReaper()
 }
 
@@ -200,7 +187,7 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 			// have taken it back) or abandoned.
 			_, awaits := it.run.(*awaited)
 			swapped := !awaits && w.state.CompareAndSwap(slotIdle, slotRunning)
-			if swapped && !p.abandoned.Load() || p.claim(&w.slot, &it, swapped) {
+			if swapped && !p.isAbandoned() || p.claim(&w.slot, &it, swapped) {
 				if p.opts.taskTimeout > 0 {
 					dc = newDeadlineContext(p, it.ctx, p.opts.taskTimeout)
 					ctx = dc
@@ -220,7 +207,7 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 				// The settling, written out: the worker counts its own
 				// completions while the pool is open; the rest is rare.
 				switch done := err == nil && w.state.CompareAndSwap(slotRunning, slotIdle); {
-				case done && !p.closed.Load():
+				case done && !p.closing():
 					w.countCompleted()
 				case done:
 					p.completedSlow(&w.slot, &it, true)
@@ -248,7 +235,7 @@ func (p *Pool) claim(s *slot, it *item, swapped bool) bool {
 	if c := it.waiter(); c != nil {
 		s.waiter.Store(c) // before the claim: Shutdown reads it after its own
 	}
-	if !swapped && !s.state.CompareAndSwap(slotIdle, slotRunning) && !s.state.CompareAndSwap(slotStarting, slotRunning) || p.abandoned.Load() {
+	if !swapped && !s.state.CompareAndSwap(slotIdle, slotRunning) && !s.state.CompareAndSwap(slotStarting, slotRunning) || p.isAbandoned() {
 		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
 		return false
 	}
@@ -267,7 +254,7 @@ func (p *Pool) claimAwaited(s *slot, it *item) bool {
 
 // taskFailed settles a task of the fast path that returned err.
 func (p *Pool) taskFailed(s *slot, it *item, ctx context.Context, err error) {
-	if !p.abandoned.Load() && !echoesGroup(*it, err) {
+	if !p.isAbandoned() && !echoesGroup(*it, err) {
 		p.handleError(ctx, err)
 	}
 	p.finish(s, *it, OutcomeFailed, report{queued: true, started: true, at: it.at, err: err})
@@ -276,7 +263,7 @@ func (p *Pool) taskFailed(s *slot, it *item, ctx context.Context, err error) {
 // taskPanicked settles a task of the fast path that panicked with v.
 func (p *Pool) taskPanicked(s *slot, it item, ctx context.Context, v any, stack []byte) {
 	err := &PanicError{Value: v, Stack: stack}
-	if !p.abandoned.Load() {
+	if !p.isAbandoned() {
 		p.handleError(ctx, err)
 	}
 	p.finish(s, it, OutcomePanicked, report{queued: true, started: true, at: it.at, err: err})
@@ -298,7 +285,7 @@ func (p *Pool) next(w *worker) (item, bool) {
 			return it, true
 		default:
 		}
-		if p.closed.Load() {
+		if p.closing() {
 			if it, ok := p.drainOne(); ok {
 				return it, true
 			}
@@ -320,7 +307,7 @@ func (p *Pool) next(w *worker) (item, bool) {
 			return it, true
 		case <-w.wake: // a notice, or Shutdown began (closed)
 			p.parked.Add(-1)
-			if !p.closed.Load() && p.retire(w, notice) {
+			if !p.closing() && p.retire(w, notice) {
 				return item{}, false
 			}
 		}
@@ -331,7 +318,7 @@ func (p *Pool) next(w *worker) (item, bool) {
 // abandonment it takes none: abandon (or a late submitter, see admitted)
 // empties the queue and counts what it held.
 func (p *Pool) drainOne() (item, bool) {
-	if p.abandoned.Load() {
+	if p.isAbandoned() {
 		return item{}, false
 	}
 	return p.takeTask()
@@ -380,7 +367,7 @@ func (p *Pool) retire(w *worker, why retirement) bool {
 			break
 		}
 	}
-	if len(p.queue) > 0 && !p.abandoned.Load() && p.activate() { // a task arrived as w was leaving
+	if len(p.queue) > 0 && !p.isAbandoned() && p.activate() { // a task arrived as w was leaving
 		return false
 	}
 	p.mu.Lock()
@@ -400,14 +387,14 @@ func (p *Pool) retire(w *worker, why retirement) bool {
 func (p *Pool) reap() {
 	for {
 		p.notify(min((p.parked.Load()+1)/2, p.active.Load()-1))
-		if p.active.Load() > 1 && !p.closed.Load() {
+		if p.active.Load() > 1 && !p.closing() {
 			p.reaper.Reset(idleTimeout)
 			return
 		}
 		p.reaping.Store(false)
 		// A worker that started meanwhile saw reaping and did not arm the
 		// timer: look again.
-		if p.active.Load() <= 1 || p.closed.Load() || !p.reaping.CompareAndSwap(false, true) {
+		if p.active.Load() <= 1 || p.closing() || !p.reaping.CompareAndSwap(false, true) {
 			return
 		}
 	}
@@ -415,7 +402,7 @@ func (p *Pool) reap() {
 
 // armReaper makes reap run in idleTimeout if it is not already due.
 func (p *Pool) armReaper() {
-	if p.active.Load() > 1 && !p.closed.Load() && p.reaping.CompareAndSwap(false, true) {
+	if p.active.Load() > 1 && !p.closing() && p.reaping.CompareAndSwap(false, true) {
 		p.reaper.Reset(idleTimeout)
 	}
 }
@@ -435,7 +422,7 @@ func (p *Pool) notify(n int64) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed.Load() {
+	if p.closing() {
 		return
 	}
 	for _, w := range p.all {
@@ -560,7 +547,7 @@ func (p *Pool) gate(s *slot, it *item) bool {
 		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at}) // a first task abandoned as its loop started
 		return false
 	}
-	if p.abandoned.Load() {
+	if p.isAbandoned() {
 		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
 		return false
 	}
@@ -573,7 +560,7 @@ func (p *Pool) gate(s *slot, it *item) bool {
 		err := p.waitToken()
 		s.held = item{}
 		if err != nil {
-			if p.abandoned.Load() {
+			if p.isAbandoned() {
 				p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
 				return false
 			}
@@ -610,7 +597,7 @@ var callerSlots = sync.Pool{New: func() any { return new(slot) }}
 func (p *Pool) runHere(it item) error {
 	s := callerSlots.Get().(*slot)
 	p.mu.Lock()
-	if p.closed.Load() {
+	if p.closing() {
 		p.mu.Unlock()
 		callerSlots.Put(s)
 		return p.reject(ErrClosed)
@@ -664,7 +651,7 @@ func (p *Pool) execute(it item, queued bool) (out Outcome, ran time.Duration, er
 	if err == nil {
 		return OutcomeCompleted, ran, nil
 	}
-	if !p.abandoned.Load() && !echoesGroup(it, err) {
+	if !p.isAbandoned() && !echoesGroup(it, err) {
 		p.handleError(ctx, err)
 	}
 	if isPanic {
