@@ -58,8 +58,7 @@ func (j *Job[T]) Submit(ctx context.Context, p *Pool, args T) error {
 		return p.submit(ctx, nil, applyPolicy) // counted, and refused with Submit's error
 	}
 	if any(args) == nil {
-		p.stats.addSubmitted()
-		return p.reject(errors.New("bgpool: Job.Submit: nil args"))
+		return p.refuse(errors.New("bgpool: Job.Submit: nil args"))
 	}
 	return p.submit(ctx, &jobRecord[T]{job: j, args: args}, applyPolicy)
 }
@@ -73,8 +72,7 @@ func (j *Job[T]) Go(r *http.Request, args T) error {
 	}
 	if any(args) == nil {
 		if p, ok := FromContext(r.Context()); ok {
-			p.stats.addSubmitted()
-			return p.reject(errors.New("bgpool: Job.Go: nil args"))
+			return p.refuse(errors.New("bgpool: Job.Go: nil args"))
 		}
 		return ErrNoPool
 	}
@@ -104,8 +102,7 @@ func (j *Job[T]) Do(ctx context.Context, p *Pool, args T) error {
 		return errors.New("bgpool: Job.Do: nil pool")
 	}
 	if any(args) == nil {
-		p.stats.addSubmitted()
-		return p.reject(errors.New("bgpool: Job.Do: nil args"))
+		return p.refuse(errors.New("bgpool: Job.Do: nil args"))
 	}
 	return p.do(ctx, func(ctx context.Context) error { return j.work(ctx, args) }, args.Kind(), true)
 }

@@ -218,7 +218,7 @@ func (p *Pool) abandon(ctx context.Context) error {
 		}
 	}
 	p.mu.Unlock()
-	p.stats.outcomes[OutcomeAbandoned].Add(uint64(running + held))
+	p.count(OutcomeAbandoned, running+held) // told when their workers let go of them (see finish)
 	unsent, handed, failed, pending := p.handoffs.stop()
 	lost := p.takeQueued() + p.abandonItems(unsent) + failed
 	p.handingOff.Add(-int64(len(unsent))) // counted first, so that Stats never misses them
@@ -241,28 +241,10 @@ func (p *Pool) takeQueued() int {
 	return p.abandonItems(lost)
 }
 
-// abandonItems counts its Abandoned and returns how many: the queued tasks
-// that the deadline left, and the Jobs a hand-off had not sent yet.
+// abandonItems settles its Abandoned and returns how many: the queued
+// tasks that the deadline left, and the Jobs a hand-off had not sent yet.
 func (p *Pool) abandonItems(its []item) int {
-	if len(its) == 0 {
-		return 0
-	}
-	p.stats.outcomes[OutcomeAbandoned].Add(uint64(len(its)))
-	for _, it := range its {
-		if c := it.waiter(); c != nil {
-			p.notifyUnrun(c, OutcomeAbandoned)
-		}
-	}
-	if len(p.opts.observers) > 0 {
-		go func() {
-			for _, it := range its {
-				p.observe(OutcomeAbandoned, report{queued: true, at: it.at})
-			}
-		}()
-	}
-	if p.closing() {
-		p.checkDrained()
-	}
+	p.settleItems(OutcomeAbandoned, its)
 	return len(its)
 }
 
@@ -448,7 +430,6 @@ func (p *Pool) handOff(ctx context.Context, its []item) int {
 	err := p.callHandoff(ctx, args)
 	p.handoffs.measured(len(its), time.Since(start))
 	refused := refusedJobs(err, len(its))
-	var out []Outcome
 	switch {
 	case err == nil:
 	case refused != nil:
@@ -464,30 +445,20 @@ func (p *Pool) handOff(ctx context.Context, its []item) int {
 	default:
 		p.handleError(ctx, fmt.Errorf("bgpool: shutdown: the hand-off of %s failed; they are abandoned: %w", jobs(len(its)), err))
 	}
-	handed := 0
-	out = make([]Outcome, len(its))
-	for i := range its {
-		switch {
-		case err == nil, refused != nil && !refused[i]:
-			out[i] = OutcomeHandedOff
-			handed++
-		default:
-			out[i] = OutcomeAbandoned
+	var handed, lost []item
+	for i, it := range its {
+		if err == nil || refused != nil && !refused[i] {
+			handed = append(handed, it)
+		} else {
+			lost = append(lost, it)
 		}
 	}
 	// Counted before they leave handingOff, so that Stats never misses them.
 	// Nobody waits for a Job (Job.Do's task is not one), so there is no
-	// one to tell.
-	p.stats.outcomes[OutcomeHandedOff].Add(uint64(handed))
-	p.stats.outcomes[OutcomeAbandoned].Add(uint64(len(its) - handed))
-	if len(p.opts.observers) > 0 {
-		go func() {
-			for i, it := range its {
-				p.observe(out[i], report{queued: true, at: it.at})
-			}
-		}()
-	}
-	return handed
+	// one to tell but the observer.
+	p.settleItems(OutcomeHandedOff, handed)
+	p.settleItems(OutcomeAbandoned, lost)
+	return len(handed)
 }
 
 // refusedJobs reads err as a Handoff's answer for n jobs: when it is made

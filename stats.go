@@ -103,6 +103,13 @@ type report struct {
 	err     error
 }
 
+// The funnel. Every outcome is counted here, and nowhere else: settle for
+// one task, settleItems for a batch taken from the queue, countCompleted
+// for a worker's own completions, and count for the tasks Shutdown abandons
+// in the workers' hands, whose telling follows (tell) when their workers
+// let go of them. Counting first and telling after keeps Stats' sum true
+// at every instant: a waiter told of an outcome finds it counted.
+
 // countCompleted counts a task that a worker's fast path completed (see
 // runTasks), while the pool is open: in the worker's own counter, which no
 // other worker's cache line shares, with nothing to tell.
@@ -117,19 +124,28 @@ func (p *Pool) completedSlow(s *slot, it *item, swapped bool) {
 		return
 	}
 	s.countCompleted()
-	p.settleCounted(OutcomeCompleted, report{})
+	p.tell(OutcomeCompleted, report{})
 }
 
-// settle is the one place where a task reaches its outcome: it counts it,
-// reports it to the observer, and, once Shutdown has begun, lets Shutdown
-// know when nothing is left. Every task passes here exactly once.
+// settle is where a task reaches its outcome: it counts it, reports it to
+// whoever waits for it and to the observer, and, once Shutdown has begun,
+// lets Shutdown know when nothing is left. Every task passes through the
+// funnel exactly once.
 func (p *Pool) settle(out Outcome, r report) {
 	p.stats.add(out)
-	p.settleCounted(out, r)
+	p.tell(out, r)
 }
 
-// settleCounted is settle for a task its caller has counted already.
-func (p *Pool) settleCounted(out Outcome, r report) {
+// count counts n tasks in out whose telling follows: the tasks Shutdown's
+// deadline abandons in the workers' hands (see finish).
+func (p *Pool) count(out Outcome, n int) {
+	p.stats.outcomes[out].Add(uint64(n))
+}
+
+// tell reports a counted outcome to whoever waits for the task and to the
+// observer, and, once Shutdown has begun, lets Shutdown know when nothing
+// is left.
+func (p *Pool) tell(out Outcome, r report) {
 	// While the queue holds tasks the pool cannot have drained: look only
 	// once it is empty, since checkDrained sums every worker's counter.
 	if p.closing() && len(p.queue) == 0 {
@@ -141,6 +157,30 @@ func (p *Pool) settleCounted(out Outcome, r report) {
 	if len(p.opts.observers) > 0 {
 		p.observe(out, r)
 	}
+}
+
+// settleItems settles queued tasks that Shutdown took out of the queue
+// (abandoned, or handed off): it counts them, tells their waiters, and
+// reports them to the observer from a goroutine of its own, so that a slow
+// observer cannot hold up Shutdown.
+func (p *Pool) settleItems(out Outcome, its []item) {
+	if len(its) == 0 {
+		return
+	}
+	p.count(out, len(its))
+	for _, it := range its {
+		if c := it.waiter(); c != nil {
+			p.notifyUnrun(c, out)
+		}
+	}
+	if len(p.opts.observers) > 0 {
+		go func() {
+			for _, it := range its {
+				p.observe(out, report{queued: true, at: it.at})
+			}
+		}()
+	}
+	p.checkDrained()
 }
 
 // notifyUnrun tells whoever waits for a task (Do, Group, Future) that it

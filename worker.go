@@ -183,19 +183,23 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 			p.run(&w.slot, it)
 		} else {
 			// The claim, written out (a call would cost a tenth of the
-			// path): idle to running, unless the task is awaited (Job.Do may
-			// have taken it back) or abandoned.
-			_, awaits := it.run.(*awaited)
-			swapped := !awaits && w.state.CompareAndSwap(slotIdle, slotRunning)
+			// path): idle to running for a plain Task; a record (someone
+			// waits for it, and Job.Do may have taken it back; or a Job)
+			// goes through claim, and so does an abandoned task.
+			t, plain := it.run.(Task)
+			swapped := plain && w.state.CompareAndSwap(slotIdle, slotRunning)
 			if swapped && !p.isAbandoned() || p.claim(&w.slot, &it, swapped) {
-				if p.opts.taskTimeout > 0 {
+				switch {
+				case p.opts.taskTimeout > 0:
 					dc = newDeadlineContext(p, it.ctx, p.opts.taskTimeout)
 					ctx = dc
-				} else {
+				case plain && valueless(it.ctx):
+					ctx = p.base
+				default:
 					ctx = newTaskContext(p.base, &it)
 				}
 				var err error
-				if t, ok := it.run.(Task); ok {
+				if plain {
 					err = t(ctx) // a direct call: the common case
 				} else {
 					err = it.run.run(ctx)
@@ -530,8 +534,8 @@ func (p *Pool) finish(s *slot, it item, out Outcome, r report) {
 		}
 	}
 	if out == OutcomeCompleted && s.completed != nil {
-		s.completed.Add(1) // the worker's own counter: no cache line shared with other workers
-		p.settleCounted(out, r)
+		s.countCompleted() // the worker's own counter: no cache line shared with other workers
+		p.tell(out, r)
 		return
 	}
 	p.settle(out, r)
