@@ -67,6 +67,21 @@
 // runtime.Goexit hands the worker's record and place to a new goroutine
 // once the task is counted.
 //
+// A task travels as one record, the queue's item: the submitter's context
+// (for its values only), the task, and its admission time. The task's type
+// says what else the pool knows of it: a plain Task; a record someone waits
+// on (Do, Group, Future), which the pool tells when the task ends without
+// running; or a Job's record, whose args can be handed off. The pool looks
+// up no context value of its own on the way. Every outcome goes through one
+// funnel, which counts it and then tells the waiter and the observer, so a
+// waiter that hears of an outcome finds it counted. The pool's life is one
+// phase word (open, draining, drained or abandoned, then released), each
+// transition made in one place. A reader finds them in the files named for
+// them: admit.go (Submit's path), worker.go (the workers), policy.go (the
+// policies and every Overflow action), stats.go (the funnel and Stats),
+// lifecycle.go (the phases), shutdown.go (Shutdown), handoff.go (Jobs
+// leaving the process) and ants.go (the two calls bgpool makes into ants).
+//
 // With a rate limit (WithRateLimit, or a Limiter of your own with
 // WithLimiter) a worker takes the next task and then waits for its token,
 // so Submit never waits for the limiter and a slow limiter (a network

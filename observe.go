@@ -100,16 +100,3 @@ func (p *Pool) observeOne(fn func(TaskEvent), ev TaskEvent) {
 	}()
 	fn(ev)
 }
-
-// refuse counts a call that is refused with err before it reaches Submit
-// (a Job's nil args, say), Submitted and Rejected, and returns err.
-func (p *Pool) refuse(err error) error {
-	p.stats.addSubmitted()
-	return p.reject(err)
-}
-
-// reject counts a task that was refused with err and returns err.
-func (p *Pool) reject(err error) error {
-	p.settle(OutcomeRejected, report{err: err})
-	return err
-}

@@ -37,6 +37,8 @@ package bgpool
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"time"
 )
 
@@ -241,4 +243,149 @@ func (o *Overflow) HandOff() error {
 	o.settled = true
 	o.pool.spill(o.it)
 	return nil
+}
+
+// The actions, as the pool carries them out.
+
+// wait is Overflow.Wait: it blocks until the task is admitted, in FIFO order
+// with other waiting submitters (the channel keeps its blocked senders in
+// order), or until ctx ends or Shutdown begins. On failure the task is not
+// counted: the caller settles it.
+func (p *Pool) wait(ctx context.Context, it item) error {
+	if ctx == nil {
+		return errors.New("bgpool: Overflow.Wait: nil context")
+	}
+	if p.closing() {
+		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return overloaded(err)
+	}
+	p.waiting.Add(1)
+	defer p.waiting.Add(-1)
+	select {
+	case p.queue <- it: // admitted
+		p.admitted()
+		return nil
+	case <-ctx.Done(): // the submitter stopped waiting
+		return overloaded(ctx.Err())
+	case <-p.closingShard(): // Shutdown began: nothing more is admitted
+		return ErrClosed
+	}
+}
+
+// maxDropOldestTries bounds how many queued tasks one DropOldest may drop
+// while later submitters keep taking the room it makes, each of whose
+// tasks has displaced one then; past it the new task is dropped.
+const maxDropOldestTries = 1000
+
+// dropOldest is Overflow.DropOldest. It drops the oldest queued task to
+// make room for it, and if a submitter that came later took that room,
+// the next oldest, so that the new task is dropped only when the queue has
+// nothing older to drop (WithQueueSize(0)). p.mu keeps DropOldest callers
+// in line with each other and with Shutdown: once the pool is closed, it
+// takes nothing out of the queue that the drain would run.
+func (p *Pool) dropOldest(it item) error {
+	if p.closing() {
+		return p.reject(ErrClosed)
+	}
+	if p.stamp {
+		it.at = p.now()
+	}
+	select {
+	case p.queue <- it: // room appeared: nothing is dropped
+		p.admitted()
+		return nil
+	default:
+	}
+	if p.admitByStarting(it) {
+		return nil
+	}
+	var dropped []item
+	queued := false
+	p.mu.Lock()
+	if p.closing() {
+		p.mu.Unlock()
+		return p.reject(ErrClosed)
+	}
+	for range maxDropOldestTries {
+		old, ok := p.takeTask()
+		if !ok { // nothing older to drop: this task is the oldest
+			break
+		}
+		dropped = append(dropped, old)
+		select {
+		case p.queue <- it:
+			queued = true
+		default: // a submitter that came later took the room: drop the next oldest
+			continue
+		}
+		break
+	}
+	p.mu.Unlock()
+	for _, old := range dropped {
+		p.settle(OutcomeDropped, report{wait: old.waiter(), queued: true, at: old.at})
+	}
+	if !queued {
+		p.settle(OutcomeDropped, report{wait: it.waiter()})
+		return nil
+	}
+	p.admitted()
+	return nil
+}
+
+// callerSlots recycles the slots of tasks run on submitters.
+var callerSlots = sync.Pool{New: func() any { return new(slot) }}
+
+// runHere is Overflow.Run: it runs the task on the calling goroutine as a
+// running task of the pool's, which Shutdown waits for and, at its
+// deadline, abandons.
+func (p *Pool) runHere(it item) error {
+	s := callerSlots.Get().(*slot)
+	p.mu.Lock()
+	if p.closing() {
+		p.mu.Unlock()
+		callerSlots.Put(s)
+		return p.reject(ErrClosed)
+	}
+	s.state.Store(slotRunning)
+	p.callers[s] = struct{}{}
+	p.mu.Unlock()
+
+	finished := false
+	defer func() {
+		p.mu.Lock()
+		delete(p.callers, s)
+		p.mu.Unlock()
+		if !finished { // the task called runtime.Goexit
+			p.finish(s, it, OutcomeFailed, report{started: true, err: errGoexit})
+			return
+		}
+		callerSlots.Put(s)
+	}()
+	out, ran, err := p.execute(it, false)
+	p.finish(s, it, out, report{started: true, ran: ran, err: err})
+	finished = true
+	return nil
+}
+
+// spill is Overflow.HandOff for it.
+func (p *Pool) spill(it item) {
+	q, ok := it.job()
+	if !ok || p.opts.handoff == nil {
+		p.settle(OutcomeDropped, report{wait: it.waiter()})
+		return
+	}
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(it.ctx), handoffTimeout)
+	defer cancel()
+	start := time.Now()
+	err := p.callHandoff(hctx, []JobArgs{q.jobArgs()})
+	p.handoffs.measured(1, time.Since(start))
+	if err != nil {
+		err = fmt.Errorf("bgpool: hand-off failed; job dropped: %w", err)
+		p.handleError(it.ctx, err)
+		p.settle(OutcomeDropped, report{err: err})
+		return
+	}
+	p.settle(OutcomeHandedOff, report{})
 }

@@ -183,6 +183,19 @@ func (p *Pool) settleItems(out Outcome, its []item) {
 	p.checkDrained()
 }
 
+// reject counts a task that was refused with err and returns err.
+func (p *Pool) reject(err error) error {
+	p.settle(OutcomeRejected, report{err: err})
+	return err
+}
+
+// refuse counts a call that is refused with err before it reaches Submit
+// (a Job's nil args, say), Submitted and Rejected, and returns err.
+func (p *Pool) refuse(err error) error {
+	p.stats.addSubmitted()
+	return p.reject(err)
+}
+
 // notifyUnrun tells whoever waits for a task (Do, Group, Future) that it
 // ended without running: dropped, expired or abandoned.
 func (p *Pool) notifyUnrun(c *awaited, out Outcome) {

@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"sync"
 	"sync/atomic"
 	"time"
-
 )
 
 // A slot holds the state of the task that a worker loop, or a submitter
@@ -590,41 +588,6 @@ func (p *Pool) waitToken() (err error) {
 		}
 	}()
 	return p.limiter.Wait(p.base)
-}
-
-// callerSlots recycles the slots of tasks run on submitters.
-var callerSlots = sync.Pool{New: func() any { return new(slot) }}
-
-// runHere is Overflow.Run: it runs the task on the calling goroutine as a
-// running task of the pool's, which Shutdown waits for and, at its
-// deadline, abandons.
-func (p *Pool) runHere(it item) error {
-	s := callerSlots.Get().(*slot)
-	p.mu.Lock()
-	if p.closing() {
-		p.mu.Unlock()
-		callerSlots.Put(s)
-		return p.reject(ErrClosed)
-	}
-	s.state.Store(slotRunning)
-	p.callers[s] = struct{}{}
-	p.mu.Unlock()
-
-	finished := false
-	defer func() {
-		p.mu.Lock()
-		delete(p.callers, s)
-		p.mu.Unlock()
-		if !finished { // the task called runtime.Goexit
-			p.finish(s, it, OutcomeFailed, report{started: true, err: errGoexit})
-			return
-		}
-		callerSlots.Put(s)
-	}()
-	out, ran, err := p.execute(it, false)
-	p.finish(s, it, out, report{started: true, ran: ran, err: err})
-	finished = true
-	return nil
 }
 
 // execute runs one task with its context, timeout and panic recovery, and
