@@ -46,11 +46,17 @@ const idleTimeout = time.Second
 type Pool struct {
 	// Set by New and read-only after.
 	opts    options
-	queue   chan item       // the FIFO queue; its capacity is QueueSize
-	limiter Limiter         // nil without a rate limit
-	stamp   bool            // tasks need their admission time (WithMaxQueueWait, WithObserver)
-	block   bool            // the policy is Block: submit waits without an Overflow (see isBlock)
-	guarded bool            // tasks run through run, not the workers' fast path (see runTasks)
+	queue   chan item // the FIFO queue; its capacity is QueueSize
+	limiter Limiter   // nil without a rate limit
+	// stamp: tasks need their admission time (WithMaxQueueWait,
+	// WithObserver, WithTaskWrapper).
+	stamp bool
+	// block: the policy is Block, so submit waits without an Overflow (see
+	// isBlock).
+	block bool
+	// guarded: tasks run through run, not the workers' fast path (see
+	// runTasks).
+	guarded bool
 	epoch   time.Time       // the origin of the pool's clock (see now)
 	base    context.Context // parent of every task's cancellation
 	cancel  context.CancelCauseFunc
@@ -69,9 +75,11 @@ type Pool struct {
 	parked atomic.Int64 // worker loops parked, waiting for a task
 	_      [56]byte
 
-	reaping    atomic.Bool  // the reaper is due
-	waiting    atomic.Int64 // submitters blocked in wait, for Tune
-	handingOff atomic.Int64 // Jobs Shutdown took from the queue to hand off, not yet counted (see handOffQueued)
+	reaping atomic.Bool  // the reaper is due
+	waiting atomic.Int64 // submitters blocked in wait, for Tune
+	// handingOff counts the Jobs Shutdown took from the queue to hand off
+	// and has not counted yet (see handOffQueued), for Stats.
+	handingOff atomic.Int64
 	handoffs   handoffs
 	handlers   handlers // requests in a handler behind Middleware, for Serve
 
