@@ -3,6 +3,8 @@ package bgpool_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -306,4 +308,65 @@ func TestDropOldestDropsAnOlderTaskWhenALaterSubmitterTakesTheRoom(t *testing.T)
 	close(stop)
 	wg.Wait()
 	assert.Zero(t, ownDropped, "DropOldest dropped the new task while older ones were queued")
+}
+
+// A task that an overflow policy ends abnormally is still counted once: a
+// caller-run task that calls runtime.Goexit counts Failed, a policy that
+// panics counts the task Rejected and its panic reaches Submit's caller,
+// and Overflow.Wait with a nil context returns an error.
+func TestMisbehavingPolicyIsAccounted(t *testing.T) {
+	t.Run("a caller-run task that calls runtime.Goexit counts Failed", func(t *testing.T) {
+		p := defectPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.CallerRuns), quietLogger())
+		release := hold(t, p)
+		exited := make(chan struct{})
+		go func() {
+			defer close(exited) // runs as runtime.Goexit ends this goroutine
+			_ = p.Submit(context.Background(), func(context.Context) error {
+				runtime.Goexit()
+				return nil
+			})
+		}()
+		receive(t, exited, 2*time.Second, "the submitter running the task did not end")
+		release()
+
+		s := waitStats(t, p, idleWith(1))
+		assert.True(t, balanced(s), "Stats out of balance: %+v", s)
+		assert.Equal(t, uint64(1), s.Failed)
+	})
+
+	t.Run("a policy that panics counts the task Rejected", func(t *testing.T) {
+		p := defectPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.PolicyFunc(
+			func(context.Context, *bgpool.Overflow) error { panic("policy boom") })))
+		hold(t, p)
+
+		var recovered any
+		func() {
+			defer func() { recovered = recover() }()
+			_ = p.Submit(context.Background(), noop)
+		}()
+		assert.Contains(t, fmt.Sprint(recovered), "policy boom", "the policy's panic did not reach Submit's caller")
+		s := p.Stats()
+		assert.Equal(t, uint64(1), s.Rejected)
+		assert.True(t, balanced(s), "Stats out of balance: %+v", s)
+	})
+
+	t.Run("Overflow.Wait with a nil context returns an error", func(t *testing.T) {
+		var waitErr error
+		var waitPanic any
+		p := defectPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.PolicyFunc(
+			func(_ context.Context, o *bgpool.Overflow) error {
+				func() {
+					defer func() { waitPanic = recover() }()
+					var noCtx context.Context
+					waitErr = o.Wait(noCtx)
+				}()
+				return o.Reject()
+			})))
+		hold(t, p)
+
+		err := p.Submit(context.Background(), noop)
+		assert.Nil(t, waitPanic, "Wait(nil) panicked")
+		assert.Error(t, waitErr)
+		assert.ErrorIs(t, err, bgpool.ErrOverloaded)
+	})
 }

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -649,4 +652,120 @@ func TestATaskHandedToAStartingWorkerIsCountedAtOnce(t *testing.T) {
 	assert.Equal(t, 200, s.Queued+s.Running, "%+v", s)
 	assert.Equal(t, 0, s.Waiting, "%+v", s)
 	g.open()
+}
+
+// New refuses a size beyond math.MaxInt32 and names it, accepts
+// math.MaxInt32 itself and runs a task, and Tune clamps a larger size to
+// math.MaxInt32.
+func TestSizeBeyondMaxInt32IsRefusedByNewAndClampedByTune(t *testing.T) {
+	if strconv.IntSize < 64 {
+		t.Skip("sizes beyond math.MaxInt32 need a 64-bit int")
+	}
+	huge := []int64{1 << 31, 1 << 32} // int64, so that the file compiles where int has 32 bits
+
+	t.Run("New refuses a size beyond math.MaxInt32", func(t *testing.T) {
+		for _, size := range huge {
+			p, err := bgpool.New(int(size))
+			if p != nil {
+				stopPool(p)
+			}
+			assert.True(t, p == nil, "New(%d) returned a pool", size)
+			if assert.Error(t, err, "New(%d)", size) {
+				assert.Contains(t, err.Error(), strconv.FormatInt(size, 10))
+			}
+		}
+	})
+
+	t.Run("New accepts math.MaxInt32 and runs a task", func(t *testing.T) {
+		p := defectPool(t, math.MaxInt32)
+		ran := make(chan struct{})
+		require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+			close(ran)
+			return nil
+		}))
+		receive(t, ran, 2*time.Second, "the task did not run")
+	})
+
+	t.Run("Tune clamps a size beyond math.MaxInt32", func(t *testing.T) {
+		p := defectPool(t, 1)
+		p.Tune(int(huge[1]))
+		assert.Equal(t, math.MaxInt32, p.Stats().Workers)
+
+		ran := make(chan struct{})
+		submitted := make(chan error, 1)
+		go func() {
+			submitted <- p.Submit(context.Background(), func(context.Context) error {
+				close(ran)
+				return nil
+			})
+		}()
+		receive(t, ran, 2*time.Second, "a task submitted after Tune did not run")
+		assert.NoError(t, receive(t, submitted, 2*time.Second, "Submit did not return"))
+	})
+}
+
+// New refuses a queue of math.MaxInt, and accepts a queue of 1<<20 that
+// admits and runs tasks.
+func TestNewRefusesAnOversizedQueueAndAcceptsALargeOne(t *testing.T) {
+	t.Run("New refuses a queue of math.MaxInt", func(t *testing.T) {
+		p, err := bgpool.New(1, bgpool.WithQueueSize(math.MaxInt))
+		if p != nil {
+			stopPool(p)
+		}
+		assert.True(t, p == nil, "New returned a pool")
+		assert.Error(t, err)
+	})
+
+	t.Run("New accepts a queue of 1<<20 that admits and runs tasks", func(t *testing.T) {
+		p := defectPool(t, 1, bgpool.WithQueueSize(1<<20))
+		release := hold(t, p)
+		var ran atomic.Int32
+		for range 3 {
+			require.NoError(t, p.TrySubmit(context.Background(), func(context.Context) error {
+				ran.Add(1)
+				return nil
+			}))
+		}
+		release()
+		waitStats(t, p, idleWith(4))
+		assert.Equal(t, int32(3), ran.Load())
+	})
+}
+
+// New starts no goroutine: workers start with the first tasks.
+func TestNewStartsNoGoroutine(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	p, err := bgpool.New(4)
+	require.NoError(t, err)
+	t.Cleanup(func() { stopPool(p) })
+	goleak.VerifyNone(t, opt)
+}
+
+// typedNilPolicy is a Policy whose nil pointer must not pass for a policy.
+type typedNilPolicy struct{}
+
+func (*typedNilPolicy) Overflow(_ context.Context, o *bgpool.Overflow) error { return o.Reject() }
+
+// A nil argument is caught where it is passed: New refuses a typed nil
+// policy, and Expvar panics at once on a nil pool with a "bgpool:" message.
+func TestNilArgumentsAreCaughtAtTheCall(t *testing.T) {
+	t.Run("New refuses a typed nil policy", func(t *testing.T) {
+		p, err := bgpool.New(1, bgpool.WithPolicy((*typedNilPolicy)(nil)))
+		if p != nil {
+			stopPool(p)
+		}
+		assert.True(t, p == nil, "New returned a pool")
+		assert.Error(t, err)
+	})
+
+	t.Run("Expvar panics at once on a nil pool", func(t *testing.T) {
+		var recovered any
+		func() {
+			defer func() { recovered = recover() }()
+			_ = bgpool.Expvar(nil)
+		}()
+		require.NotNil(t, recovered, "Expvar(nil) did not panic")
+		assert.True(t, strings.HasPrefix(fmt.Sprint(recovered), "bgpool:"),
+			"got panic %q, want one starting with %q", fmt.Sprint(recovered), "bgpool:")
+	})
 }
