@@ -5,25 +5,34 @@ package bgpool_test
 // helper starts is stopped by the test's cleanup.
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/bgpool/bgpool"
 )
 
-// defectPool returns a pool that the test's cleanup shuts down with a short
-// deadline, so that a test failing on a hang does not wait long for it.
-func defectPool(t *testing.T, size int, opts ...bgpool.Option) *bgpool.Pool {
+// newPool returns a pool of size workers built with opts, which the test's
+// cleanup shuts down, abandoning whatever is left after 10s. A test that
+// wants the pool's log kept quiet passes quietLogger().
+func newPool(t *testing.T, size int, opts ...bgpool.Option) *bgpool.Pool {
 	t.Helper()
 	p, err := bgpool.New(size, opts...)
 	require.NoError(t, err)
-	t.Cleanup(func() { stopPool(p) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = p.Shutdown(ctx)
+	})
 	return p
 }
 
@@ -71,24 +80,6 @@ func shutdownWithin(t *testing.T, p *bgpool.Pool, deadline, wait time.Duration) 
 	return receive(t, shutdownAsync(ctx, p), wait, "Shutdown did not return")
 }
 
-// hold occupies one free worker of p with a task that ignores its context
-// and returns only when release is called, which the test's cleanup also
-// does.
-func hold(t *testing.T, p *bgpool.Pool) (release func()) {
-	t.Helper()
-	started, finish := make(chan struct{}), make(chan struct{})
-	require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
-		close(started)
-		<-finish
-		return nil
-	}))
-	receive(t, started, 2*time.Second, "the holding task did not start")
-	var once sync.Once
-	release = func() { once.Do(func() { close(finish) }) }
-	t.Cleanup(release)
-	return release
-}
-
 // waitStats polls p.Stats until cond holds, failing the test after 2s.
 func waitStats(t *testing.T, p *bgpool.Pool, cond func(bgpool.Stats) bool) bgpool.Stats {
 	t.Helper()
@@ -113,16 +104,6 @@ func idleWith(completed uint64) func(bgpool.Stats) bool {
 	}
 }
 
-// balanced reports whether s accounts for every submitted task: Submitted ==
-// Completed+Failed+Panicked+Dropped+Rejected+Abandoned+HandedOff+Queued+Running, with
-// Queued and Running not negative.
-func balanced(s bgpool.Stats) bool {
-	if s.Queued < 0 || s.Running < 0 {
-		return false
-	}
-	return s.Submitted == s.Ended()+uint64(s.Queued)+uint64(s.Running)
-}
-
 // verifyNoLeak waits up to 3s for the goroutines started since opt was taken
 // to exit, then reports any that are left.
 func verifyNoLeak(t *testing.T, opt goleak.Option) {
@@ -134,4 +115,92 @@ func verifyNoLeak(t *testing.T, opt goleak.Option) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	goleak.VerifyNone(t, opt)
+}
+
+// occupy holds n free workers of p with tasks that ignore their context
+// and return only when release is called, which the test's cleanup also
+// does. It returns once all n have started, failing the test if they have
+// not within 10s.
+func occupy(t *testing.T, p *bgpool.Pool, n int) (release func()) {
+	t.Helper()
+	started, finish := make(chan struct{}, n), make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(finish) }) }
+	t.Cleanup(release)
+	for range n {
+		require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+			started <- struct{}{}
+			<-finish
+			return nil
+		}))
+	}
+	for i := range n {
+		receive(t, started, 10*time.Second, fmt.Sprintf("only %d of %d occupying tasks started", i, n))
+	}
+	return release
+}
+
+// gate is a task that tells when it starts and holds its worker until
+// released.
+type gate struct {
+	started chan struct{}
+	release chan struct{}
+}
+
+func newGate(capacity int) *gate {
+	return &gate{started: make(chan struct{}, capacity), release: make(chan struct{})}
+}
+
+func (g *gate) task(ctx context.Context) error {
+	g.started <- struct{}{}
+	<-g.release
+	return nil
+}
+
+func (g *gate) waitStarted(t *testing.T, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		select {
+		case <-g.started:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("only %d of %d gated tasks started", i, n)
+		}
+	}
+}
+
+func (g *gate) open() { close(g.release) }
+
+// assertBalanced checks that s accounts for every submitted task:
+// Submitted == Ended()+Queued+Running, with Queued and Running not
+// negative. It reports whether s does; msgAndArgs, if any, are added to
+// the failure message.
+func assertBalanced(t *testing.T, s bgpool.Stats, msgAndArgs ...any) bool {
+	t.Helper()
+	if s.Queued >= 0 && s.Running >= 0 && s.Submitted == s.Ended()+uint64(s.Queued)+uint64(s.Running) {
+		return true
+	}
+	return assert.Fail(t, fmt.Sprintf("Stats do not add up: Submitted = Ended()+Queued+Running: %+v", s), msgAndArgs...)
+}
+
+// noop is a task that does nothing.
+func noop(context.Context) error { return nil }
+
+// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+var _ io.Writer = (*syncBuffer)(nil)
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -149,7 +149,7 @@ func TestALimiterThatCallsGoexitDropsTheTaskAndTellsDo(t *testing.T) {
 // A task that waits for a rate-limit token starts once the token arrives,
 // and Shutdown then drains the pool.
 func TestRateLimitedTaskStartsOnceATokenArrives(t *testing.T) {
-	p := defectPool(t, 1, bgpool.WithRateLimit(10, 1))
+	p := newPool(t, 1, bgpool.WithRateLimit(10, 1))
 	require.NoError(t, p.Submit(context.Background(), noop))
 	waitStats(t, p, idleWith(1)) // the first task took the only token
 	time.Sleep(10 * time.Millisecond)

@@ -125,14 +125,14 @@ func TestObserverSeesDropsAndCallerRuns(t *testing.T) {
 		t.Run(tt.want.String(), func(t *testing.T) {
 			var rec recorder
 			p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(tt.policy), bgpool.WithObserver(rec.observe))
-			g := fill(t, p, 1)
+			release := occupy(t, p, 1)
 			require.NoError(t, p.Submit(context.Background(), noop))
 			got := rec.byOutcome()
 			require.Len(t, got[tt.want], 1)
 			ev := got[tt.want][0]
 			assert.False(t, ev.Queued, "a task dropped on arrival or run by its caller never queued")
 			assert.Equal(t, tt.want == bgpool.OutcomeCompleted, ev.Started)
-			g.open()
+			release()
 		})
 	}
 }
@@ -165,7 +165,7 @@ func TestPanickingObserverKeepsThePoolWorking(t *testing.T) {
 	var logs syncBuffer
 	var armed atomic.Bool // the cleanup disarms the observer: an unfixed Shutdown would panic on the test's goroutine
 	armed.Store(true)
-	p := defectPool(t, 1,
+	p := newPool(t, 1,
 		bgpool.WithObserver(func(bgpool.TaskEvent) {
 			if armed.Load() {
 				panic("boom")
@@ -192,7 +192,7 @@ func TestPanickingObserverKeepsThePoolWorking(t *testing.T) {
 // pool still drains at Shutdown.
 func TestObserverCallingGoexitLeavesTheTaskCountedOnce(t *testing.T) {
 	var once sync.Once
-	p := defectPool(t, 1, quietLogger(), bgpool.WithObserver(func(bgpool.TaskEvent) {
+	p := newPool(t, 1, quietLogger(), bgpool.WithObserver(func(bgpool.TaskEvent) {
 		once.Do(runtime.Goexit)
 	}))
 	require.NoError(t, p.Submit(context.Background(), noop))

@@ -26,68 +26,12 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, goleak.IgnoreCurrent())
 }
 
-// newPool returns a pool that is shut down when the test ends.
-func newPool(t *testing.T, size int, opts ...bgpool.Option) *bgpool.Pool {
-	t.Helper()
-	p, err := bgpool.New(size, opts...)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = p.Shutdown(ctx)
-	})
-	return p
-}
-
 func shutdown(t *testing.T, p *bgpool.Pool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.NoError(t, p.Shutdown(ctx))
 }
-
-// gate is a task that tells when it starts and holds its worker until
-// released.
-type gate struct {
-	started chan struct{}
-	release chan struct{}
-}
-
-func newGate(capacity int) *gate {
-	return &gate{started: make(chan struct{}, capacity), release: make(chan struct{})}
-}
-
-func (g *gate) task(ctx context.Context) error {
-	g.started <- struct{}{}
-	<-g.release
-	return nil
-}
-
-func (g *gate) waitStarted(t *testing.T, n int) {
-	t.Helper()
-	for i := 0; i < n; i++ {
-		select {
-		case <-g.started:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("only %d of %d gated tasks started", i, n)
-		}
-	}
-}
-
-func (g *gate) open() { close(g.release) }
-
-// fill occupies every worker of p with a gated task and waits until they run.
-func fill(t *testing.T, p *bgpool.Pool, workers int) *gate {
-	t.Helper()
-	g := newGate(workers + 1000)
-	for i := 0; i < workers; i++ {
-		require.NoError(t, p.Submit(context.Background(), g.task))
-	}
-	g.waitStarted(t, workers)
-	return g
-}
-
-func noop(context.Context) error { return nil }
 
 func TestNewRejectsBadConfiguration(t *testing.T) {
 	tests := []struct {
@@ -246,7 +190,7 @@ func TestNeverMoreThanSizeTasksRunAtOnce(t *testing.T) {
 
 func TestQueueStartsTasksInFIFOOrder(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(50))
-	g := fill(t, p, 1)
+	release := occupy(t, p, 1)
 	var mu sync.Mutex
 	var order []int
 	for i := 0; i < 50; i++ {
@@ -258,7 +202,7 @@ func TestQueueStartsTasksInFIFOOrder(t *testing.T) {
 		}))
 	}
 	assert.Equal(t, 50, p.Stats().Queued)
-	g.open()
+	release()
 	shutdown(t, p)
 	want := make([]int, 50)
 	for i := range want {
@@ -271,7 +215,7 @@ func TestQueueHoldsAtMostQueueSize(t *testing.T) {
 	for _, queue := range []int{0, 1, 5} {
 		t.Run(fmt.Sprintf("queue=%d", queue), func(t *testing.T) {
 			p := newPool(t, 2, bgpool.WithQueueSize(queue), bgpool.WithPolicy(bgpool.Reject))
-			g := fill(t, p, 2)
+			release := occupy(t, p, 2)
 			for i := 0; i < queue; i++ {
 				require.NoError(t, p.Submit(context.Background(), noop), "task %d fits the queue", i)
 			}
@@ -280,7 +224,7 @@ func TestQueueHoldsAtMostQueueSize(t *testing.T) {
 			s := p.Stats()
 			assert.Equal(t, queue, s.Queued)
 			assert.Equal(t, 2, s.Running)
-			g.open()
+			release()
 		})
 	}
 }
@@ -300,7 +244,7 @@ func TestTrySubmitNeverWaitsWhateverThePolicy(t *testing.T) {
 	for name, policy := range map[string]bgpool.Policy{"Block": bgpool.Block, "CallerRuns": bgpool.CallerRuns, "Drop": bgpool.Drop} {
 		t.Run(name, func(t *testing.T) {
 			p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(policy))
-			g := fill(t, p, 1)
+			release := occupy(t, p, 1)
 			ran := false
 			err := p.TrySubmit(context.Background(), func(context.Context) error { ran = true; return nil })
 			assert.ErrorIs(t, err, bgpool.ErrOverloaded)
@@ -308,7 +252,7 @@ func TestTrySubmitNeverWaitsWhateverThePolicy(t *testing.T) {
 			s := p.Stats()
 			assert.Equal(t, uint64(1), s.Rejected)
 			assert.Equal(t, uint64(0), s.Dropped)
-			g.open()
+			release()
 		})
 	}
 }
@@ -409,7 +353,7 @@ func TestTuneUnderLoadNeverExceedsTheCap(t *testing.T) {
 
 func TestShutdownDrainsQueuedAndRunningTasks(t *testing.T) {
 	p := newPool(t, 2, bgpool.WithQueueSize(10))
-	g := fill(t, p, 2)
+	release := occupy(t, p, 2)
 	var ran atomic.Int64
 	for i := 0; i < 10; i++ {
 		require.NoError(t, p.Submit(context.Background(), func(context.Context) error { ran.Add(1); return nil }))
@@ -428,7 +372,7 @@ func TestShutdownDrainsQueuedAndRunningTasks(t *testing.T) {
 	default:
 	}
 
-	g.open()
+	release()
 	require.NoError(t, <-done)
 	assert.Equal(t, int64(10), ran.Load())
 	s := p.Stats()
@@ -491,7 +435,7 @@ func TestShutdownDeadlineAbandonsAndCancelsTasks(t *testing.T) {
 
 func TestShutdownConcurrentCallsAllWait(t *testing.T) {
 	p := newPool(t, 2)
-	g := fill(t, p, 2)
+	release := occupy(t, p, 2)
 	errs := make(chan error, 4)
 	for i := 0; i < 4; i++ {
 		go func() { errs <- p.Shutdown(context.Background()) }()
@@ -504,7 +448,7 @@ func TestShutdownConcurrentCallsAllWait(t *testing.T) {
 		t.Fatalf("Shutdown returned %v before the tasks finished", err)
 	default:
 	}
-	g.open()
+	release()
 	for i := 0; i < 4; i++ {
 		assert.NoError(t, <-errs)
 	}
@@ -625,7 +569,7 @@ func TestAccountingInvariantUnderConcurrentLoadWithShutdown(t *testing.T) {
 
 func TestTuneGrowthReachesWaitingSubmittersWithoutAQueue(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(0))
-	release := hold(t, p)
+	release := occupy(t, p, 1)
 	g := newGate(8)
 	errs := make(chan error, 8)
 	for range 8 {
@@ -677,7 +621,7 @@ func TestSizeBeyondMaxInt32IsRefusedByNewAndClampedByTune(t *testing.T) {
 	})
 
 	t.Run("New accepts math.MaxInt32 and runs a task", func(t *testing.T) {
-		p := defectPool(t, math.MaxInt32)
+		p := newPool(t, math.MaxInt32)
 		ran := make(chan struct{})
 		require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
 			close(ran)
@@ -687,7 +631,7 @@ func TestSizeBeyondMaxInt32IsRefusedByNewAndClampedByTune(t *testing.T) {
 	})
 
 	t.Run("Tune clamps a size beyond math.MaxInt32", func(t *testing.T) {
-		p := defectPool(t, 1)
+		p := newPool(t, 1)
 		p.Tune(int(huge[1]))
 		assert.Equal(t, math.MaxInt32, p.Stats().Workers)
 
@@ -717,8 +661,8 @@ func TestNewRefusesAnOversizedQueueAndAcceptsALargeOne(t *testing.T) {
 	})
 
 	t.Run("New accepts a queue of 1<<20 that admits and runs tasks", func(t *testing.T) {
-		p := defectPool(t, 1, bgpool.WithQueueSize(1<<20))
-		release := hold(t, p)
+		p := newPool(t, 1, bgpool.WithQueueSize(1<<20))
+		release := occupy(t, p, 1)
 		var ran atomic.Int32
 		for range 3 {
 			require.NoError(t, p.TrySubmit(context.Background(), func(context.Context) error {

@@ -68,7 +68,7 @@ func refused(addr string) bool {
 }
 
 func TestServeRejectsBadInput(t *testing.T) {
-	p := httpPool(t, 1)
+	p := newPool(t, 1, quietLogger())
 	srv := &http.Server{}
 	tests := []struct {
 		name  string
@@ -116,7 +116,7 @@ func TestServeRejectsBadInput(t *testing.T) {
 }
 
 func TestServeLetsInFlightRequestsSubmitAndDrainsThePool(t *testing.T) {
-	p := httpPool(t, 2)
+	p := newPool(t, 2, quietLogger())
 	handlerIn := make(chan struct{})
 	handlerGo := make(chan struct{})
 	taskHold := make(chan struct{})
@@ -176,7 +176,7 @@ func TestServeAbandonsWhatDoesNotFinishWithinGrace(t *testing.T) {
 	const grace = 200 * time.Millisecond
 
 	t.Run("a task longer than grace is abandoned and counted", func(t *testing.T) {
-		p := httpPool(t, 2)
+		p := newPool(t, 2, quietLogger())
 		started := make(chan struct{})
 		h := bgpool.Middleware(p)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			assert.NoError(t, bgpool.Go(r, func(ctx context.Context) error {
@@ -204,7 +204,7 @@ func TestServeAbandonsWhatDoesNotFinishWithinGrace(t *testing.T) {
 	})
 
 	t.Run("a request longer than grace has its connection closed", func(t *testing.T) {
-		p := httpPool(t, 2)
+		p := newPool(t, 2, quietLogger())
 		entered := make(chan struct{})
 		release := make(chan struct{})
 		returned := make(chan struct{})
@@ -255,7 +255,7 @@ func (l *failingListener) Accept() (net.Conn, error) {
 }
 
 func TestServeShutsThePoolDownWhenTheListenerFails(t *testing.T) {
-	p := httpPool(t, 1)
+	p := newPool(t, 1, quietLogger())
 	ran := make(chan struct{})
 	require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
 		close(ran)
@@ -286,7 +286,7 @@ func (l closeFailingListener) Close() error {
 }
 
 func TestServeReportsAListenerCloseErrorAsSuch(t *testing.T) {
-	p := httpPool(t, 1)
+	p := newPool(t, 1, quietLogger())
 	hold := make(chan struct{})
 	ran := make(chan struct{})
 	require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
@@ -320,7 +320,7 @@ func TestServeReportsAListenerCloseErrorAsSuch(t *testing.T) {
 
 func TestServeWithShutdownDelayKeepsServingWhileNotReady(t *testing.T) {
 	const delay = 2 * time.Second
-	p := httpPool(t, 1)
+	p := newPool(t, 1, quietLogger())
 	var ready bgpool.Readiness
 	mux := http.NewServeMux()
 	mux.Handle("GET /readyz", &ready)
@@ -356,7 +356,7 @@ func TestServeWithShutdownDelayKeepsServingWhileNotReady(t *testing.T) {
 
 func TestListenAndServe(t *testing.T) {
 	t.Run("serves on srv.Addr until ctx ends", func(t *testing.T) {
-		p := httpPool(t, 1)
+		p := newPool(t, 1, quietLogger())
 		addrs := make(chan string, 1)
 		srv := newServer(t, bgpool.StatsHandler(p))
 		srv.Addr = "127.0.0.1:0"
@@ -378,7 +378,7 @@ func TestListenAndServe(t *testing.T) {
 	})
 
 	t.Run("returns the listen error and shuts the pool down", func(t *testing.T) {
-		p := httpPool(t, 1)
+		p := newPool(t, 1, quietLogger())
 		taken := listen(t)
 		srv := newServer(t, http.NotFoundHandler())
 		srv.Addr = taken.Addr().String()
@@ -392,7 +392,7 @@ func TestListenAndServe(t *testing.T) {
 
 func TestServeCountsTheShutdownDelayInsideGrace(t *testing.T) {
 	const delay, grace = time.Second, 1500 * time.Millisecond
-	p := httpPool(t, 1)
+	p := newPool(t, 1, quietLogger())
 	started := make(chan struct{})
 	h := bgpool.Middleware(p)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		assert.NoError(t, bgpool.Go(r, func(ctx context.Context) error {
@@ -417,7 +417,7 @@ func TestServeCountsTheShutdownDelayInsideGrace(t *testing.T) {
 }
 
 func TestServeWaitsForHijackedHandlersAndAdmitsTheirTasks(t *testing.T) {
-	p := httpPool(t, 2)
+	p := newPool(t, 2, quietLogger())
 	hijacked, release := make(chan struct{}), make(chan struct{})
 	submitted := make(chan error, 1)
 	ran := make(chan struct{})
@@ -508,7 +508,7 @@ func TestServeReportsTheListenersCloseErrorNotAGraceTimeout(t *testing.T) {
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	ln := &closeErrListener{Listener: inner, accepting: make(chan struct{})}
-	p := defectPool(t, 1)
+	p := newPool(t, 1)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)

@@ -203,7 +203,7 @@ func (s *lateStore) Handoff(ctx context.Context, jobs []bgpool.JobArgs) error {
 
 func TestShutdownErrorCountsReadWithoutParsing(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(2))
-	release := hold(t, p)
+	release := occupy(t, p, 1)
 	defer release()
 	require.NoError(t, p.Submit(context.Background(), noop))
 	err := shutdownWithin(t, p, 10*time.Millisecond, 2*time.Second)
@@ -219,8 +219,8 @@ func TestShutdownErrorCountsReadWithoutParsing(t *testing.T) {
 // task when it starts.
 func callerRunsPool(t *testing.T, started <-chan struct{}, task bgpool.Task) (p *bgpool.Pool, submitted <-chan error) {
 	t.Helper()
-	p = defectPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.CallerRuns), quietLogger())
-	release := hold(t, p)
+	p = newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.CallerRuns), quietLogger())
+	release := occupy(t, p, 1)
 	result := make(chan error, 1)
 	go func() { result <- p.Submit(context.Background(), task) }()
 	receive(t, started, 2*time.Second, "the caller-run task did not start")
@@ -288,7 +288,7 @@ func TestShutdownAccountsForCallerRunTasks(t *testing.T) {
 		inPolicy := make(chan struct{})
 		runErr := make(chan error, 1)
 		var ran atomic.Bool
-		p := defectPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.PolicyFunc(
+		p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.PolicyFunc(
 			func(ctx context.Context, o *bgpool.Overflow) error {
 				close(inPolicy)
 				if err := o.Wait(ctx); !errors.Is(err, bgpool.ErrClosed) {
@@ -299,7 +299,7 @@ func TestShutdownAccountsForCallerRunTasks(t *testing.T) {
 				runErr <- err
 				return err
 			})))
-		release := hold(t, p)
+		release := occupy(t, p, 1)
 		submitted := make(chan error, 1)
 		go func() {
 			submitted <- p.Submit(context.Background(), func(context.Context) error {
@@ -319,7 +319,7 @@ func TestShutdownAccountsForCallerRunTasks(t *testing.T) {
 		assert.False(t, ran.Load(), "the task ran after Shutdown began")
 		s := p.Stats()
 		assert.Equal(t, uint64(1), s.Rejected)
-		assert.True(t, balanced(s), "Stats out of balance: %+v", s)
+		assertBalanced(t, s)
 	})
 }
 
@@ -348,12 +348,12 @@ func TestShutdownWithADoneContextReturnsNilOnAnIdlePool(t *testing.T) {
 	cancel()
 
 	t.Run("Shutdown returns nil on a pool that never ran a task", func(t *testing.T) {
-		p := defectPool(t, 2)
+		p := newPool(t, 2)
 		assert.NoError(t, receive(t, shutdownAsync(cancelled, p), 2*time.Second, "Shutdown did not return"))
 	})
 
 	t.Run("Shutdown returns nil on a pool whose workers parked", func(t *testing.T) {
-		p := defectPool(t, 2)
+		p := newPool(t, 2)
 		for range 3 {
 			require.NoError(t, p.Submit(context.Background(), noop))
 		}
@@ -362,12 +362,12 @@ func TestShutdownWithADoneContextReturnsNilOnAnIdlePool(t *testing.T) {
 	})
 
 	t.Run("Serve with no grace returns nil when it got no request", func(t *testing.T) {
-		p := defectPool(t, 1)
+		p := newPool(t, 1)
 		assert.NoError(t, serveAndStop(t, &http.Server{}, p, nil))
 	})
 
 	t.Run("Serve with no grace returns nil after a completed request", func(t *testing.T) {
-		p := defectPool(t, 1)
+		p := newPool(t, 1)
 		connClosed := make(chan struct{}, 1)
 		srv := &http.Server{
 			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -422,13 +422,13 @@ func serveAndStop(t *testing.T, srv *http.Server, p *bgpool.Pool, use func(addr 
 // Shutdown past its deadline.
 func TestShutdownKeepsItsDeadlineWhenAnObserverBlocksOnAbandonedTasks(t *testing.T) {
 	unblockObserver := make(chan struct{})
-	p := defectPool(t, 1, bgpool.WithQueueSize(5), bgpool.WithObserver(func(ev bgpool.TaskEvent) {
+	p := newPool(t, 1, bgpool.WithQueueSize(5), bgpool.WithObserver(func(ev bgpool.TaskEvent) {
 		if ev.Outcome == bgpool.OutcomeAbandoned {
 			<-unblockObserver
 		}
 	}))
 	t.Cleanup(func() { close(unblockObserver) })
-	hold(t, p)
+	occupy(t, p, 1)
 	for range 5 {
 		require.NoError(t, p.TrySubmit(context.Background(), noop))
 	}
@@ -442,7 +442,7 @@ func TestShutdownKeepsItsDeadlineWhenAnObserverBlocksOnAbandonedTasks(t *testing
 // returns within 2s (what it returns is logged, not checked).
 func TestShutdownReturnsWhileAnObserverBlocksOnTheLastTask(t *testing.T) {
 	entered, unblock := make(chan struct{}, 1), make(chan struct{})
-	p := defectPool(t, 1, bgpool.WithObserver(func(ev bgpool.TaskEvent) {
+	p := newPool(t, 1, bgpool.WithObserver(func(ev bgpool.TaskEvent) {
 		if ev.Outcome == bgpool.OutcomeCompleted {
 			entered <- struct{}{}
 			<-unblock
@@ -463,7 +463,7 @@ func TestShutdownReturnsWhileAnObserverBlocksOnTheLastTask(t *testing.T) {
 // Shutdown's deadline (cancelling its 20,000 child contexts takes a while)
 // counts Abandoned, not Failed, and Shutdown's error says so.
 func TestShutdownAbandonsARunningTaskThatReturnsAfterItsDeadline(t *testing.T) {
-	p := defectPool(t, 1, quietLogger())
+	p := newPool(t, 1, quietLogger())
 	var cancels []context.CancelFunc
 	t.Cleanup(func() {
 		for _, c := range cancels {

@@ -25,7 +25,7 @@ func TestStatsAlwaysAddUp(t *testing.T) {
 		{"every snapshot adds up under Reject", bgpool.Reject},
 	} {
 		t.Run(policy.name, func(t *testing.T) {
-			p := defectPool(t, 2, bgpool.WithQueueSize(2), bgpool.WithPolicy(policy.policy),
+			p := newPool(t, 2, bgpool.WithQueueSize(2), bgpool.WithPolicy(policy.policy),
 				bgpool.WithErrorHandler(func(context.Context, error) {}))
 			tasks := []bgpool.Task{
 				noop,
@@ -55,25 +55,24 @@ func TestStatsAlwaysAddUp(t *testing.T) {
 				}
 				s := p.Stats()
 				snapshots++
-				if !balanced(s) {
-					t.Errorf("snapshot %d out of balance: %+v", snapshots, s)
+				if !assertBalanced(t, s, "snapshot %d", snapshots) {
 					break
 				}
 			}
 			receive(t, done, 10*time.Second, "the submitters did not finish")
 			s := waitStats(t, p, func(s bgpool.Stats) bool { return s.Running == 0 && s.Queued == 0 })
-			assert.True(t, balanced(s), "Stats out of balance once quiet: %+v", s)
+			assertBalanced(t, s, "once quiet")
 		})
 	}
 
 	t.Run("a running task that Shutdown abandoned is no longer Running", func(t *testing.T) {
-		p := defectPool(t, 1, quietLogger())
-		hold(t, p) // ignores its context: still running after Shutdown returns
+		p := newPool(t, 1, quietLogger())
+		occupy(t, p, 1) // ignores its context: still running after Shutdown returns
 		err := shutdownWithin(t, p, 100*time.Millisecond, 2*time.Second)
 		assert.ErrorIs(t, err, context.DeadlineExceeded)
 		s := p.Stats()
 		assert.Equal(t, uint64(1), s.Abandoned)
 		assert.Equal(t, 0, s.Running)
-		assert.True(t, balanced(s), "Stats out of balance: %+v", s)
+		assertBalanced(t, s)
 	})
 }

@@ -35,7 +35,7 @@ func goexitDuringDrain(t *testing.T, ctx context.Context, where string) (bgpool.
 	case "error handler":
 		opts = append(opts, bgpool.WithErrorHandler(func(context.Context, error) { goexitOnce() }))
 	}
-	p := defectPool(t, 1, opts...)
+	p := newPool(t, 1, opts...)
 	require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
 		close(started)
 		<-exit
@@ -68,7 +68,7 @@ func TestAGoexitDuringTheDrainLeavesNoQueuedTaskBehind(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, uint64(0), s.Abandoned)
 			assert.Equal(t, uint64(4), s.Completed+s.Failed)
-			assert.True(t, balanced(s), "%+v", s)
+			assertBalanced(t, s)
 		})
 	}
 	t.Run("with a ctx that has no deadline", func(t *testing.T) {
@@ -116,7 +116,7 @@ func TestAWorkerRetiringOnANoticeLeavesNoTaskBehind(t *testing.T) {
 	if testing.Short() {
 		runs = 200
 	}
-	p := defectPool(t, 2, bgpool.WithQueueSize(4))
+	p := newPool(t, 2, bgpool.WithQueueSize(4))
 	for i := range runs {
 		started, finish := make(chan struct{}), make(chan struct{})
 		require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
@@ -142,7 +142,7 @@ func TestAWorkerRetiringOnANoticeLeavesNoTaskBehind(t *testing.T) {
 // An observer that calls runtime.Goexit on every event does not cost the
 // pool its worker: on a pool of one, the next task still runs.
 func TestObserverCallingGoexitKeepsTheWorkerPlace(t *testing.T) {
-	p := defectPool(t, 1, quietLogger(), bgpool.WithObserver(func(bgpool.TaskEvent) { runtime.Goexit() }))
+	p := newPool(t, 1, quietLogger(), bgpool.WithObserver(func(bgpool.TaskEvent) { runtime.Goexit() }))
 	require.NoError(t, p.Submit(context.Background(), noop))
 	time.Sleep(50 * time.Millisecond)
 	ran := make(chan struct{})
@@ -189,7 +189,7 @@ func staleNotice(t *testing.T, p *bgpool.Pool, busy, tuneTo int, task bgpool.Tas
 // waited behind the busy tasks, which wait for it, the pool would deadlock.
 func TestATaskAdmittedWhileAWorkerPlaceIsFreeStarts(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // for determinism; it fails 30/30 on 2 Ps as well
-	p := defectPool(t, 3, bgpool.WithQueueSize(2))
+	p := newPool(t, 3, bgpool.WithQueueSize(2))
 	parkWorkers(t, p, 3)
 
 	started, eRan := make(chan struct{}, 2), make(chan struct{})
@@ -225,7 +225,7 @@ func TestATaskAdmittedWhileAWorkerPlaceIsFreeStarts(t *testing.T) {
 // queued, Stats says so and TrySubmit is admitted to the queue of one.
 func TestShrinkingTuneTakesNoQueueSlotAndCountsNothingQueued(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // for determinism; it fails 30/30 on 2 Ps as well
-	p := defectPool(t, 4, bgpool.WithQueueSize(1), quietLogger())
+	p := newPool(t, 4, bgpool.WithQueueSize(1), quietLogger())
 	parkWorkers(t, p, 4)
 
 	started, release := make(chan struct{}, 3), make(chan struct{})
@@ -250,7 +250,7 @@ func TestShrinkingTuneTakesNoQueueSlotAndCountsNothingQueued(t *testing.T) {
 // cap that Tune has shrunk: on a pool tuned to one worker, a queued task
 // waits for the task still running.
 func TestAWorkerReplacingAGoexitHonoursAShrunkCap(t *testing.T) {
-	p := defectPool(t, 2, bgpool.WithQueueSize(2), quietLogger())
+	p := newPool(t, 2, bgpool.WithQueueSize(2), quietLogger())
 	aStarted, aExit := make(chan struct{}), make(chan struct{})
 	require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
 		close(aStarted)
@@ -259,7 +259,7 @@ func TestAWorkerReplacingAGoexitHonoursAShrunkCap(t *testing.T) {
 		return nil
 	}))
 	receive(t, aStarted, 2*time.Second, "the Goexit task did not start")
-	releaseB := hold(t, p)
+	releaseB := occupy(t, p, 1)
 
 	p.Tune(1)
 	cStarted := make(chan struct{})
