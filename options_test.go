@@ -274,25 +274,6 @@ func TestMaxQueueWaitDropsTasksThatWaitedTooLong(t *testing.T) {
 	})
 }
 
-func TestShutdownDeadlineWithFakeTime(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		p, err := bgpool.New(1)
-		require.NoError(t, err)
-		require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
-			<-ctx.Done()
-			return ctx.Err()
-		}))
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		start := time.Now()
-		err = p.Shutdown(ctx)
-		assert.ErrorIs(t, err, context.DeadlineExceeded)
-		assert.Equal(t, 30*time.Second, time.Since(start), "Shutdown returns exactly at its deadline")
-		synctest.Wait()
-		assert.Equal(t, uint64(1), p.Stats().Abandoned)
-	})
-}
-
 func TestTaskTimeoutContextBehavesLikeContextWithDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p, err := bgpool.New(1, bgpool.WithTaskTimeout(time.Second),

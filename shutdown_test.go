@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -66,6 +67,145 @@ type badArgs struct{}
 
 func (badArgs) Kind() string                 { return "mail" }
 func (badArgs) MarshalJSON() ([]byte, error) { return nil, errors.New("cannot marshal") }
+
+func TestShutdownDrainsQueuedAndRunningTasks(t *testing.T) {
+	p := newPool(t, 2, bgpool.WithQueueSize(10))
+	release := occupy(t, p, 2)
+	var ran atomic.Int64
+	for i := 0; i < 10; i++ {
+		require.NoError(t, p.Submit(context.Background(), func(context.Context) error { ran.Add(1); return nil }))
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Shutdown(context.Background()) }()
+
+	// Shutdown stops admitting at once.
+	require.Eventually(t, func() bool {
+		return errors.Is(p.Submit(context.Background(), noop), bgpool.ErrClosed)
+	}, 5*time.Second, time.Millisecond)
+	assert.ErrorIs(t, p.TrySubmit(context.Background(), noop), bgpool.ErrClosed)
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned %v while tasks were running", err)
+	default:
+	}
+
+	release()
+	require.NoError(t, <-done)
+	assert.Equal(t, int64(10), ran.Load())
+	s := p.Stats()
+	assert.Equal(t, uint64(12), s.Completed)
+	assert.Equal(t, s.Submitted-12, s.Rejected, "submits after Shutdown are counted Rejected")
+	assert.Equal(t, s.Submitted, s.Ended())
+	require.NoError(t, p.Shutdown(context.Background()), "a second Shutdown is fine")
+}
+
+func TestShutdownDeadlineAbandonsAndCancelsTasks(t *testing.T) {
+	p := newPool(t, 2, bgpool.WithQueueSize(5))
+	started := make(chan struct{}, 2)
+	cancelled := make(chan error, 2)
+	ignoring := make(chan struct{})
+	// One task honours its context, one ignores it until released.
+	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+		started <- struct{}{}
+		<-ctx.Done()
+		cancelled <- context.Cause(ctx)
+		return ctx.Err()
+	}))
+	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+		started <- struct{}{}
+		<-ignoring
+		return nil
+	}))
+	<-started
+	<-started
+	for i := 0; i < 3; i++ {
+		require.NoError(t, p.Submit(context.Background(), noop))
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := p.Shutdown(ctx)
+	elapsed := time.Since(start)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Contains(t, err.Error(), "abandoned 5 tasks (3 queued, 2 running)")
+	assert.Less(t, elapsed, 2*time.Second, "Shutdown returns at its deadline")
+
+	cause := <-cancelled
+	assert.ErrorContains(t, cause, "shutdown deadline passed")
+
+	s := p.Stats()
+	assert.Equal(t, uint64(5), s.Abandoned)
+	close(ignoring)
+
+	// The tasks returning later are not counted again.
+	require.Eventually(t, func() bool { return p.Stats().Running == 0 }, 5*time.Second, time.Millisecond)
+	s = p.Stats()
+	assert.Equal(t, uint64(5), s.Abandoned)
+	assert.Equal(t, uint64(0), s.Completed+s.Failed)
+	assert.Equal(t, s.Submitted, s.Ended())
+
+	err = p.Shutdown(context.Background())
+	assert.ErrorContains(t, err, "5 tasks were abandoned")
+}
+
+func TestShutdownConcurrentCallsAllWait(t *testing.T) {
+	p := newPool(t, 2)
+	release := occupy(t, p, 2)
+	errs := make(chan error, 4)
+	for i := 0; i < 4; i++ {
+		go func() { errs <- p.Shutdown(context.Background()) }()
+	}
+	require.Eventually(t, func() bool {
+		return errors.Is(p.TrySubmit(context.Background(), noop), bgpool.ErrClosed)
+	}, 5*time.Second, time.Millisecond)
+	select {
+	case err := <-errs:
+		t.Fatalf("Shutdown returned %v before the tasks finished", err)
+	default:
+	}
+	release()
+	for i := 0; i < 4; i++ {
+		assert.NoError(t, <-errs)
+	}
+}
+
+func TestShutdownFromInsideATaskDoesNotDeadlock(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(2))
+	returned := make(chan error, 1)
+	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+		returned <- p.Shutdown(ctx)
+		return nil
+	}))
+	select {
+	case err := <-returned:
+		assert.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown called from a task did not return")
+	}
+	assert.ErrorIs(t, p.Submit(context.Background(), noop), bgpool.ErrClosed)
+	shutdown(t, p)
+}
+
+func TestShutdownDeadlineWithFakeTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, err := bgpool.New(1)
+		require.NoError(t, err)
+		require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+			<-ctx.Done()
+			return ctx.Err()
+		}))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		start := time.Now()
+		err = p.Shutdown(ctx)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.Equal(t, 30*time.Second, time.Since(start), "Shutdown returns exactly at its deadline")
+		synctest.Wait()
+		assert.Equal(t, uint64(1), p.Stats().Abandoned)
+	})
+}
 
 func TestShutdownHandsOffALargeQueueWithinItsDeadline(t *testing.T) {
 	// 20,000 Jobs behind a task that holds the only worker until the
