@@ -38,16 +38,16 @@ func TestDoReturnsHowTheTaskEnded(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := defectPool(t, 1, quietLogger())
+			p := newPool(t, 1, quietLogger())
 			tt.check(t, p.Do(context.Background(), tt.task))
 			s := waitStats(t, p, func(s bgpool.Stats) bool { return s.Running == 0 && s.Submitted == 1 })
-			assert.True(t, balanced(s), "Stats do not add up: %+v", s)
+			assertBalanced(t, s)
 		})
 	}
 }
 
 func TestDoTaskSeesValuesNotCancellation(t *testing.T) {
-	p := defectPool(t, 1)
+	p := newPool(t, 1)
 	ctx := context.WithValue(context.Background(), requestKey{}, "req-1")
 	err := p.Do(ctx, func(ctx context.Context) error {
 		if got := ctx.Value(requestKey{}); got != "req-1" {
@@ -63,7 +63,7 @@ func TestDoTaskSeesValuesNotCancellation(t *testing.T) {
 
 func TestDoWhenCtxEnds(t *testing.T) {
 	t.Run("while the task is queued", func(t *testing.T) {
-		p := defectPool(t, 1)
+		p := newPool(t, 1)
 		release := occupy(t, p, 1)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 		defer cancel()
@@ -79,11 +79,11 @@ func TestDoWhenCtxEnds(t *testing.T) {
 		release()
 		s := waitStats(t, p, idleWith(2))
 		assert.True(t, ran.Load(), "the task runs later, with a context that is not cancelled")
-		assert.True(t, balanced(s), "Stats do not add up: %+v", s)
+		assertBalanced(t, s)
 	})
 
 	t.Run("while the task runs", func(t *testing.T) {
-		p := defectPool(t, 1)
+		p := newPool(t, 1)
 		ctx, cancel := context.WithCancel(context.Background())
 		started, finish := make(chan struct{}), make(chan struct{})
 		taskErr := make(chan error, 1)
@@ -106,7 +106,7 @@ func TestDoWhenCtxEnds(t *testing.T) {
 	})
 
 	t.Run("after the task ended, its result wins", func(t *testing.T) {
-		p := defectPool(t, 1, bgpool.WithPolicy(bgpool.CallerRuns), bgpool.WithQueueSize(0), quietLogger())
+		p := newPool(t, 1, bgpool.WithPolicy(bgpool.CallerRuns), bgpool.WithQueueSize(0), quietLogger())
 		release := occupy(t, p, 1)
 		defer release()
 		ctx, cancel := context.WithCancel(context.Background())
@@ -120,12 +120,12 @@ func TestDoWhenCtxEnds(t *testing.T) {
 
 func TestDoAdmissionErrors(t *testing.T) {
 	t.Run("Reject on a saturated pool", func(t *testing.T) {
-		p := defectPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Reject))
+		p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Reject))
 		occupy(t, p, 1)
 		assert.ErrorIs(t, p.Do(context.Background(), noop), bgpool.ErrOverloaded)
 	})
 	t.Run("Block until ctx ends", func(t *testing.T) {
-		p := defectPool(t, 1, bgpool.WithQueueSize(0))
+		p := newPool(t, 1, bgpool.WithQueueSize(0))
 		occupy(t, p, 1)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 		defer cancel()
@@ -134,12 +134,12 @@ func TestDoAdmissionErrors(t *testing.T) {
 		assert.ErrorIs(t, err, context.DeadlineExceeded)
 	})
 	t.Run("after Shutdown", func(t *testing.T) {
-		p := defectPool(t, 1)
+		p := newPool(t, 1)
 		shutdown(t, p)
 		assert.ErrorIs(t, p.Do(context.Background(), noop), bgpool.ErrClosed)
 	})
 	t.Run("bad input", func(t *testing.T) {
-		p := defectPool(t, 1)
+		p := newPool(t, 1)
 		assert.ErrorContains(t, p.Do(context.Background(), nil), "nil task")
 		//lint:ignore SA1012 a nil context is the bad input under test
 		assert.ErrorContains(t, p.Do(nil, noop), "nil context")
@@ -148,7 +148,7 @@ func TestDoAdmissionErrors(t *testing.T) {
 }
 
 func TestDoDroppedTaskReportsErrDropped(t *testing.T) {
-	p := defectPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Drop))
+	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Drop))
 	occupy(t, p, 1)
 	assert.ErrorIs(t, p.Do(context.Background(), noop), bgpool.ErrDropped)
 	assert.Equal(t, uint64(1), p.Stats().Dropped)
@@ -158,7 +158,7 @@ func TestDoDroppedTaskReportsErrDropped(t *testing.T) {
 // its own context, and that task is dropped. The drop must not be taken for
 // the Do task's own end.
 func TestDoTaskDoesNotLendItsNotification(t *testing.T) {
-	p := defectPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Drop), quietLogger())
+	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Drop), quietLogger())
 	err := p.Do(context.Background(), func(ctx context.Context) error {
 		// The only worker runs this task: the plain task is dropped.
 		if err := p.Submit(ctx, noop); err != nil {
@@ -172,7 +172,7 @@ func TestDoTaskDoesNotLendItsNotification(t *testing.T) {
 }
 
 func TestDoAbandonedByShutdown(t *testing.T) {
-	p := defectPool(t, 1, quietLogger())
+	p := newPool(t, 1, quietLogger())
 	started, finish := make(chan struct{}), make(chan struct{})
 	t.Cleanup(func() { close(finish) })
 	done := make(chan error, 1)

@@ -13,7 +13,7 @@ import (
 )
 
 func TestFutureReturnsWhatTheTaskReturned(t *testing.T) {
-	p := defectPool(t, 2, quietLogger())
+	p := newPool(t, 2, quietLogger())
 	ctx := context.WithValue(context.Background(), requestKey{}, "42")
 
 	f, err := bgpool.Submit(ctx, p, func(ctx context.Context) (int, error) {
@@ -55,7 +55,7 @@ func TestFutureOfADroppedTaskReportsErrDropped(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := defectPool(t, 1, tt.opts...)
+			p := newPool(t, 1, tt.opts...)
 			release := occupy(t, p, 1)
 			f, err := bgpool.Submit(context.Background(), p, func(context.Context) (int, error) { return 1, nil })
 			require.NoError(t, err, "Submit returns nil for a task that the pool drops")
@@ -75,13 +75,13 @@ func TestFutureOfADroppedTaskReportsErrDropped(t *testing.T) {
 			release()
 			s := waitStats(t, p, func(s bgpool.Stats) bool { return s.Running == 0 && s.Queued == 0 })
 			assert.Equal(t, uint64(1), s.Dropped)
-			assert.True(t, balanced(s), "Stats do not add up: %+v", s)
+			assertBalanced(t, s)
 		})
 	}
 }
 
 func TestFutureWaitWhenCtxEnds(t *testing.T) {
-	p := defectPool(t, 1)
+	p := newPool(t, 1)
 	finish := make(chan struct{})
 	f, err := bgpool.Submit(context.Background(), p, func(context.Context) (string, error) {
 		<-finish
@@ -101,7 +101,7 @@ func TestFutureWaitWhenCtxEnds(t *testing.T) {
 }
 
 func TestFutureAbandonedByShutdown(t *testing.T) {
-	p := defectPool(t, 1, quietLogger())
+	p := newPool(t, 1, quietLogger())
 	started, finish := make(chan struct{}), make(chan struct{})
 	t.Cleanup(func() { close(finish) })
 	running, err := bgpool.Submit(context.Background(), p, func(context.Context) (int, error) {
@@ -126,7 +126,7 @@ func TestFutureAbandonedByShutdown(t *testing.T) {
 }
 
 func TestFutureAdmissionErrors(t *testing.T) {
-	p := defectPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Reject))
+	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Reject))
 	release := occupy(t, p, 1)
 	f, err := bgpool.Submit(context.Background(), p, func(context.Context) (int, error) { return 1, nil })
 	assert.ErrorIs(t, err, bgpool.ErrOverloaded)
@@ -156,7 +156,7 @@ func TestFutureAdmissionErrors(t *testing.T) {
 // record, all with a task value made once and a submitter's context with
 // values (a worker runs each task; the pool allocates nothing per task).
 func TestWaitingAllocations(t *testing.T) {
-	p := defectPool(t, 1, bgpool.WithQueueSize(128)) // no Submit waits for room
+	p := newPool(t, 1, bgpool.WithQueueSize(128)) // no Submit waits for room
 	ctx := context.WithValue(context.Background(), requestKey{}, "req")
 	fn := func(context.Context) (int, error) { return 1, nil }
 	task := func(context.Context) error { return nil }

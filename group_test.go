@@ -18,7 +18,7 @@ import (
 var errLookup = errors.New("lookup failed")
 
 func TestGroupWaitsForEveryTask(t *testing.T) {
-	p := defectPool(t, 4, bgpool.WithQueueSize(8))
+	p := newPool(t, 4, bgpool.WithQueueSize(8))
 	g, _ := p.NewGroup(context.Background())
 	var ran atomic.Int64
 	for range 100 {
@@ -30,7 +30,7 @@ func TestGroupWaitsForEveryTask(t *testing.T) {
 	require.NoError(t, g.Wait())
 	assert.Equal(t, int64(100), ran.Load(), "tasks run when Wait returns")
 	s := waitStats(t, p, idleWith(100))
-	assert.True(t, balanced(s), "Stats do not add up: %+v", s)
+	assertBalanced(t, s)
 }
 
 // TestGroupUnderEveryPolicy submits two group tasks to a saturated pool
@@ -68,7 +68,7 @@ func TestGroupUnderEveryPolicy(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := defectPool(t, 1, bgpool.WithQueueSize(1), bgpool.WithPolicy(tt.policy), quietLogger())
+			p := newPool(t, 1, bgpool.WithQueueSize(1), bgpool.WithPolicy(tt.policy), quietLogger())
 			release := occupy(t, p, 1)
 			require.NoError(t, p.Submit(context.Background(), noop)) // takes the queue's one slot
 
@@ -98,7 +98,7 @@ func TestGroupUnderEveryPolicy(t *testing.T) {
 			if !tt.blocks {
 				collect()
 				s := p.Stats()
-				assert.True(t, balanced(s), "Stats do not add up while saturated: %+v", s)
+				assertBalanced(t, s, "while saturated")
 			}
 			waited := make(chan error, 1)
 			go func() { waited <- g.Wait() }()
@@ -131,7 +131,7 @@ func TestGroupUnderEveryPolicy(t *testing.T) {
 
 			shutdown(t, p)
 			s := p.Stats()
-			assert.True(t, balanced(s), "Stats do not add up: %+v", s)
+			assertBalanced(t, s)
 			assert.Equal(t, uint64(4), s.Submitted, "submitted: the holder, the queued task, two group tasks")
 			assert.Equal(t, tt.dropped, s.Dropped, "dropped")
 			assert.Equal(t, tt.rejected, s.Rejected, "rejected")
@@ -141,7 +141,7 @@ func TestGroupUnderEveryPolicy(t *testing.T) {
 }
 
 func TestGroupFirstErrorCancelsSiblings(t *testing.T) {
-	p := defectPool(t, 4, quietLogger())
+	p := newPool(t, 4, quietLogger())
 	g, ctx := p.NewGroup(context.Background())
 	siblings := make(chan error, 3)
 	started := make(chan struct{}, 3)
@@ -165,12 +165,12 @@ func TestGroupFirstErrorCancelsSiblings(t *testing.T) {
 		assert.ErrorIs(t, receive(t, siblings, time.Second, "a sibling was not cancelled"), context.Canceled)
 	}
 	s := waitStats(t, p, func(s bgpool.Stats) bool { return s.Failed == 4 })
-	assert.True(t, balanced(s), "Stats do not add up: %+v", s)
+	assertBalanced(t, s)
 }
 
 func TestGroupPanicReachesWait(t *testing.T) {
 	var handled atomic.Pointer[bgpool.PanicError]
-	p := defectPool(t, 2, bgpool.WithErrorHandler(func(_ context.Context, err error) {
+	p := newPool(t, 2, bgpool.WithErrorHandler(func(_ context.Context, err error) {
 		var pe *bgpool.PanicError
 		if errors.As(err, &pe) {
 			handled.Store(pe)
@@ -187,13 +187,13 @@ func TestGroupPanicReachesWait(t *testing.T) {
 	assert.ErrorIs(t, context.Cause(ctx), err, "the panic cancels the group")
 
 	s := waitStats(t, p, func(s bgpool.Stats) bool { return s.Panicked == 1 })
-	assert.True(t, balanced(s), "Stats do not add up: %+v", s)
+	assertBalanced(t, s)
 	require.NotNil(t, handled.Load(), "the pool's error handler hears of the panic too")
 	assert.Equal(t, "lookup exploded", handled.Load().Value)
 }
 
 func TestGroupTaskThatCallsGoexitFailsTheGroup(t *testing.T) {
-	p := defectPool(t, 1, quietLogger())
+	p := newPool(t, 1, quietLogger())
 	g, _ := p.NewGroup(context.Background())
 	require.NoError(t, g.Submit(func(context.Context) error {
 		runtime.Goexit()
@@ -209,7 +209,7 @@ type requestKey struct{}
 
 func TestGroupTaskContext(t *testing.T) {
 	t.Run("has the group's values and is cancelled with the parent", func(t *testing.T) {
-		p := defectPool(t, 2)
+		p := newPool(t, 2)
 		parent, cancel := context.WithCancel(context.WithValue(context.Background(), requestKey{}, "req-7"))
 		g, _ := p.NewGroup(parent)
 		seen := make(chan any, 1)
@@ -227,7 +227,7 @@ func TestGroupTaskContext(t *testing.T) {
 	})
 
 	t.Run("keeps the pool's task timeout", func(t *testing.T) {
-		p := defectPool(t, 1, bgpool.WithTaskTimeout(20*time.Millisecond), quietLogger())
+		p := newPool(t, 1, bgpool.WithTaskTimeout(20*time.Millisecond), quietLogger())
 		g, _ := p.NewGroup(context.WithValue(context.Background(), requestKey{}, "req-8"))
 		require.NoError(t, g.Submit(func(ctx context.Context) error {
 			if ctx.Value(requestKey{}) != "req-8" {
@@ -243,7 +243,7 @@ func TestGroupTaskContext(t *testing.T) {
 	})
 
 	t.Run("lets a task shut the pool down without waiting for itself", func(t *testing.T) {
-		p := defectPool(t, 1)
+		p := newPool(t, 1)
 		g, _ := p.NewGroup(context.Background())
 		require.NoError(t, g.Submit(func(ctx context.Context) error {
 			return p.Shutdown(ctx) // would wait for this very task if ctx did not say whose task it is
@@ -256,7 +256,7 @@ func TestGroupTaskContext(t *testing.T) {
 // task runs and ignores its context and another waits in the queue; Wait
 // returns by the deadline with the abandonment's error.
 func TestGroupShutdownWhileWaiting(t *testing.T) {
-	p := defectPool(t, 1, quietLogger())
+	p := newPool(t, 1, quietLogger())
 	g, ctx := p.NewGroup(context.Background())
 	started, finish := make(chan struct{}), make(chan struct{})
 	t.Cleanup(func() { close(finish) })
@@ -280,11 +280,11 @@ func TestGroupShutdownWhileWaiting(t *testing.T) {
 	assert.Error(t, ctx.Err(), "the group's context is cancelled")
 	s := p.Stats()
 	assert.Equal(t, uint64(2), s.Abandoned, "abandoned")
-	assert.True(t, balanced(s), "Stats do not add up: %+v", s)
+	assertBalanced(t, s)
 }
 
 func TestGroupShutdownDrainsGroupTasks(t *testing.T) {
-	p := defectPool(t, 1, bgpool.WithQueueSize(3))
+	p := newPool(t, 1, bgpool.WithQueueSize(3))
 	g, _ := p.NewGroup(context.Background())
 	var ran atomic.Int64
 	release := occupy(t, p, 1)
@@ -305,7 +305,7 @@ func TestGroupShutdownDrainsGroupTasks(t *testing.T) {
 func TestGroupExpiredTaskReportsErrDropped(t *testing.T) {
 	// Long enough that the task occupying the worker never expires, however
 	// slowly its worker starts on a loaded machine.
-	p := defectPool(t, 1, bgpool.WithQueueSize(1), bgpool.WithMaxQueueWait(500*time.Millisecond), quietLogger())
+	p := newPool(t, 1, bgpool.WithQueueSize(1), bgpool.WithMaxQueueWait(500*time.Millisecond), quietLogger())
 	release := occupy(t, p, 1)
 	g, _ := p.NewGroup(context.Background())
 	var ran atomic.Bool
@@ -320,7 +320,7 @@ func TestGroupExpiredTaskReportsErrDropped(t *testing.T) {
 }
 
 func TestGroupTrySubmitNeverWaits(t *testing.T) {
-	p := defectPool(t, 1, bgpool.WithQueueSize(0)) // Block, but TrySubmit ignores the policy
+	p := newPool(t, 1, bgpool.WithQueueSize(0)) // Block, but TrySubmit ignores the policy
 	release := occupy(t, p, 1)
 	g, _ := p.NewGroup(context.Background())
 	assert.ErrorIs(t, g.TrySubmit(noop), bgpool.ErrOverloaded)
@@ -330,7 +330,7 @@ func TestGroupTrySubmitNeverWaits(t *testing.T) {
 }
 
 func TestGroupSubmitBlockedUntilTheGroupFails(t *testing.T) {
-	p := defectPool(t, 1, bgpool.WithQueueSize(0), quietLogger())
+	p := newPool(t, 1, bgpool.WithQueueSize(0), quietLogger())
 	g, _ := p.NewGroup(context.Background())
 	failNow := make(chan struct{})
 	require.NoError(t, g.Submit(func(context.Context) error {
@@ -351,7 +351,7 @@ func TestGroupSubmitBlockedUntilTheGroupFails(t *testing.T) {
 }
 
 func TestGroupTasksMaySubmitSiblingsWhileWaitWaits(t *testing.T) {
-	p := defectPool(t, 4, bgpool.WithQueueSize(64))
+	p := newPool(t, 4, bgpool.WithQueueSize(64))
 	g, _ := p.NewGroup(context.Background())
 	var ran atomic.Int64
 	var spawn func(depth int) bgpool.Task
@@ -375,7 +375,7 @@ func TestGroupTasksMaySubmitSiblingsWhileWaitWaits(t *testing.T) {
 }
 
 func TestGroupAfterWait(t *testing.T) {
-	p := defectPool(t, 2, quietLogger())
+	p := newPool(t, 2, quietLogger())
 	g, ctx := p.NewGroup(context.Background())
 	require.NoError(t, g.Submit(func(context.Context) error { return errLookup }))
 	errs := make(chan error, 3)
@@ -399,7 +399,7 @@ func TestGroupAfterWait(t *testing.T) {
 }
 
 func TestGroupWaitCancelsContextOfAnEmptyGroup(t *testing.T) {
-	p := defectPool(t, 1)
+	p := newPool(t, 1)
 	g, ctx := p.NewGroup(context.Background())
 	assert.NoError(t, g.Wait())
 	assert.ErrorIs(t, ctx.Err(), context.Canceled)
@@ -413,14 +413,14 @@ func TestGroupBadInput(t *testing.T) {
 		assert.ErrorContains(t, g.Wait(), "zero Group")
 	})
 	t.Run("a nil task is refused and counted", func(t *testing.T) {
-		p := defectPool(t, 1)
+		p := newPool(t, 1)
 		g, _ := p.NewGroup(context.Background())
 		assert.ErrorContains(t, g.Submit(nil), "nil task")
 		assert.NoError(t, g.Wait())
 		assert.Equal(t, uint64(1), p.Stats().Rejected)
 	})
 	t.Run("NewGroup panics on a nil context", func(t *testing.T) {
-		p := defectPool(t, 1)
+		p := newPool(t, 1)
 		assert.PanicsWithValue(t, "bgpool: NewGroup: nil context", func() {
 			//lint:ignore SA1012 a nil context is the bad input under test
 			p.NewGroup(nil)
@@ -431,7 +431,7 @@ func TestGroupBadInput(t *testing.T) {
 // TestGroupManySubmittersUnderDrop races submitters, dropping and Wait: Wait
 // returns once the kept tasks have run, and every task is accounted for.
 func TestGroupManySubmittersUnderDrop(t *testing.T) {
-	p := defectPool(t, 2, bgpool.WithQueueSize(2), bgpool.WithPolicy(bgpool.Drop))
+	p := newPool(t, 2, bgpool.WithQueueSize(2), bgpool.WithPolicy(bgpool.Drop))
 	g, _ := p.NewGroup(context.Background())
 	var ran atomic.Int64
 	var wg sync.WaitGroup
@@ -449,7 +449,7 @@ func TestGroupManySubmittersUnderDrop(t *testing.T) {
 	err := g.Wait()
 	shutdown(t, p)
 	s := p.Stats()
-	assert.True(t, balanced(s), "Stats do not add up: %+v", s)
+	assertBalanced(t, s)
 	assert.Equal(t, uint64(400), s.Submitted)
 	assert.Equal(t, uint64(ran.Load()), s.Completed, "every kept task ran before Wait returned")
 	if s.Dropped > 0 {
@@ -463,7 +463,7 @@ func TestGroupManySubmittersUnderDrop(t *testing.T) {
 // task and returns an error as well. The group counts the task once.
 func TestGroupPolicyThatDropsAndFails(t *testing.T) {
 	errMine := errors.New("dropped, and told so")
-	p := defectPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.PolicyFunc(
+	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.PolicyFunc(
 		func(_ context.Context, o *bgpool.Overflow) error {
 			_ = o.Drop()
 			return errMine
@@ -478,7 +478,7 @@ func TestGroupPolicyThatDropsAndFails(t *testing.T) {
 // TestGroupPolicyThatPanics: the policy's panic goes on to the caller of
 // Submit, and the group does not wait for the task it never admitted.
 func TestGroupPolicyThatPanics(t *testing.T) {
-	p := defectPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.PolicyFunc(
+	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.PolicyFunc(
 		func(context.Context, *bgpool.Overflow) error { panic("policy bug") })))
 	release := occupy(t, p, 1)
 	defer release()
@@ -497,7 +497,7 @@ func TestGroupSubmitAfterAFailureReportsTheGroupsError(t *testing.T) {
 	require.NoError(t, g.Submit(func(context.Context) error { defer close(failed); return lookup }))
 	<-failed
 	waitStats(t, p, func(s bgpool.Stats) bool { return s.Failed == 1 })
-	hold(t, p) // the pool is full: a Submit under Block would wait
+	occupy(t, p, 1) // the pool is full: a Submit under Block would wait
 	err := g.Submit(noop)
 	require.Error(t, err)
 	assert.ErrorIs(t, err, lookup, "Submit after a failure names the group's error")

@@ -57,13 +57,6 @@ func (h *recordingHandoff) callCount() int {
 	return len(h.calls)
 }
 
-// assertBalanced checks Stats' invariant, HandedOff included.
-func assertBalanced(t *testing.T, s bgpool.Stats) {
-	t.Helper()
-	assert.Equal(t, s.Submitted, s.Ended()+uint64(s.Queued+s.Running),
-		"Submitted = Ended()+Queued+Running: %+v", s)
-}
-
 func TestJobRunsInProcess(t *testing.T) {
 	p, err := bgpool.New(2)
 	require.NoError(t, err)
@@ -350,7 +343,7 @@ func TestShutdownHandsOffQueuedJobs(t *testing.T) {
 
 func TestJobDoTakesBackAJobThatHasNotStartedWhenCtxEnds(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(4))
-	g := fill(t, p, 1)
+	release := occupy(t, p, 1)
 	var ran atomic.Bool
 	job := bgpool.NewJob(func(context.Context, mailArgs) error { ran.Store(true); return nil })
 	ctx, cancel := context.WithCancel(context.Background())
@@ -360,7 +353,7 @@ func TestJobDoTakesBackAJobThatHasNotStartedWhenCtxEnds(t *testing.T) {
 	cancel()
 	assert.ErrorIs(t, receive(t, done, 10*time.Second, "Job.Do"), context.Canceled,
 		"Do returns while the job is still queued")
-	g.open()
+	release()
 	s := waitStats(t, p, func(s bgpool.Stats) bool { return s.Queued == 0 && s.Running == 0 })
 	assert.False(t, ran.Load(), "the job taken back never runs")
 	assert.Equal(t, uint64(1), s.Dropped, "it is counted Dropped when a worker reaches it")

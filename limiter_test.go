@@ -145,3 +145,20 @@ func TestALimiterThatCallsGoexitDropsTheTaskAndTellsDo(t *testing.T) {
 	require.Len(t, events, 1)
 	assert.False(t, events[0].Started, "the task never started")
 }
+
+// A task that waits for a rate-limit token starts once the token arrives,
+// and Shutdown then drains the pool.
+func TestRateLimitedTaskStartsOnceATokenArrives(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithRateLimit(10, 1))
+	require.NoError(t, p.Submit(context.Background(), noop))
+	waitStats(t, p, idleWith(1)) // the first task took the only token
+	time.Sleep(10 * time.Millisecond)
+
+	ran := make(chan struct{})
+	require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+		close(ran)
+		return nil
+	}))
+	receive(t, ran, 2*time.Second, "a task that waited for a rate-limit token did not start")
+	assert.NoError(t, receive(t, shutdownAsync(context.Background(), p), 2*time.Second, "Shutdown did not return"))
+}

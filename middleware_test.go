@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"log"
-	"log/slog"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -25,21 +24,6 @@ import (
 
 // The root package's TestMain (goleak) is in pool_test.go.
 
-// httpPool returns a pool that is shut down when the test ends.
-func httpPool(t *testing.T, size int, opts ...bgpool.Option) *bgpool.Pool {
-	t.Helper()
-	// Tasks' errors are expected here; keep the test output quiet.
-	opts = append([]bgpool.Option{bgpool.WithLogger(slog.New(slog.DiscardHandler))}, opts...)
-	p, err := bgpool.New(size, opts...)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = p.Shutdown(ctx)
-	})
-	return p
-}
-
 // httpServer starts an httptest server for h, closed when the test ends. Its
 // error log goes to t.Log.
 func httpServer(t *testing.T, h http.Handler) *httptest.Server {
@@ -56,28 +40,6 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(b)))
 	return len(b), nil
-}
-
-// occupy holds every one of n workers with a task until the returned
-// function is called, which the test's cleanup also does.
-func occupy(t *testing.T, p *bgpool.Pool, n int) (release func()) {
-	t.Helper()
-	started := make(chan struct{}, n)
-	hold := make(chan struct{})
-	for range n {
-		require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
-			started <- struct{}{}
-			<-hold
-			return nil
-		}))
-	}
-	for range n {
-		<-started
-	}
-	var once sync.Once
-	release = func() { once.Do(func() { close(hold) }) }
-	t.Cleanup(release)
-	return release
 }
 
 // get sends a GET request and returns the response with its body read.
@@ -115,7 +77,7 @@ func withTrace(next http.Handler) http.Handler {
 }
 
 func TestMiddlewareRejectsBadInputAtConstruction(t *testing.T) {
-	p := httpPool(t, 1)
+	p := newPool(t, 1, quietLogger())
 	assert.PanicsWithValue(t, "bgpool: Middleware: nil pool", func() { bgpool.Middleware(nil) })
 	assert.PanicsWithValue(t, "bgpool: Middleware: option 1 is nil", func() {
 		bgpool.Middleware(p, bgpool.WithAfterResponse(), nil)
@@ -152,7 +114,7 @@ func TestGoNeverDelaysTheResponse(t *testing.T) {
 			opts = append(opts, bgpool.WithAfterResponse())
 		}
 		t.Run(name, func(t *testing.T) {
-			p := httpPool(t, 2)
+			p := newPool(t, 2, quietLogger())
 			started := make(chan struct{})
 			release := make(chan struct{})
 			type seen struct {
@@ -213,7 +175,7 @@ func TestTaskIsCancelledOnlyByThePool(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := httpPool(t, 1, tt.opts...)
+			p := newPool(t, 1, append([]bgpool.Option{quietLogger()}, tt.opts...)...)
 			ended := make(chan error, 1)
 			h := bgpool.Middleware(p)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				assert.NoError(t, bgpool.Go(r, func(ctx context.Context) error {
@@ -236,7 +198,7 @@ func TestTaskIsCancelledOnlyByThePool(t *testing.T) {
 
 func TestGoUnderBlockWaitsOnlyWhileTheQueueIsFull(t *testing.T) {
 	t.Run("waits until a worker frees up", func(t *testing.T) {
-		p := httpPool(t, 1, bgpool.WithQueueSize(0))
+		p := newPool(t, 1, quietLogger(), bgpool.WithQueueSize(0))
 		release := occupy(t, p, 1)
 		entered := make(chan struct{})
 		returned := make(chan error, 1)
@@ -270,7 +232,7 @@ func TestGoUnderBlockWaitsOnlyWhileTheQueueIsFull(t *testing.T) {
 	})
 
 	t.Run("gives up when the request's context ends", func(t *testing.T) {
-		p := httpPool(t, 1, bgpool.WithQueueSize(0))
+		p := newPool(t, 1, quietLogger(), bgpool.WithQueueSize(0))
 		occupy(t, p, 1)
 		entered := make(chan struct{})
 		returned := make(chan error, 1)
@@ -305,7 +267,7 @@ func TestGoUnderBlockWaitsOnlyWhileTheQueueIsFull(t *testing.T) {
 }
 
 func TestWithAfterResponseStartsTasksOnlyAfterTheHandlerReturns(t *testing.T) {
-	p := httpPool(t, 1)
+	p := newPool(t, 1, quietLogger())
 	var mu sync.Mutex
 	var events []string
 	record := func(e string) {
@@ -359,7 +321,7 @@ func TestWithAfterResponseDiscardsTasksWhenTheHandlerPanics(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := httpPool(t, 1, bgpool.WithQueueSize(0))
+			p := newPool(t, 1, quietLogger(), bgpool.WithQueueSize(0))
 			ran := make(chan struct{}, 2)
 			var h http.Handler = bgpool.Middleware(p, bgpool.WithAfterResponse())(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				for range 2 {
@@ -453,7 +415,7 @@ func TestWithAfterResponseReportsTasksThePoolDidNotAdmit(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			reported := make(chan error, 1)
-			p := httpPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(tt.policy),
+			p := newPool(t, 1, quietLogger(), bgpool.WithQueueSize(0), bgpool.WithPolicy(tt.policy),
 				bgpool.WithErrorHandler(func(ctx context.Context, err error) {
 					assert.Equal(t, "trace-42", ctx.Value(traceKey))
 					reported <- err
@@ -515,7 +477,7 @@ func TestWithSheddingAnswers503WhileThePoolCannotAdmit(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := httpPool(t, 1, bgpool.WithQueueSize(2))
+			p := newPool(t, 1, quietLogger(), bgpool.WithQueueSize(2))
 			tt.state(t, p)
 			called := make(chan struct{}, 1)
 			h := bgpool.Middleware(p, bgpool.WithShedding(2*time.Second))(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -555,7 +517,7 @@ func TestWithSheddingRetryAfterIsWholeSecondsAtLeastOne(t *testing.T) {
 		{"one and a half seconds round up to two", 1500 * time.Millisecond, "2"},
 		{"a minute is sixty", time.Minute, "60"},
 	}
-	p := httpPool(t, 1)
+	p := newPool(t, 1, quietLogger())
 	require.NoError(t, p.Shutdown(context.Background())) // always saturated
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -569,7 +531,7 @@ func TestWithSheddingRetryAfterIsWholeSecondsAtLeastOne(t *testing.T) {
 }
 
 func TestStatsHandler(t *testing.T) {
-	p := httpPool(t, 3, bgpool.WithQueueSize(7))
+	p := newPool(t, 3, quietLogger(), bgpool.WithQueueSize(7))
 	done := make(chan struct{})
 	require.NoError(t, p.Submit(context.Background(), func(context.Context) error { close(done); return nil }))
 	<-done
@@ -598,8 +560,8 @@ func TestWithAfterResponseNeverHoldsTheResponseForTheOverflow(t *testing.T) {
 	// Spill with a store that does not answer: the kept Jobs the pool
 	// cannot admit go to the hand-off off the handler's goroutine.
 	s := &store{perCall: time.Second} // far longer than a response
-	p := httpPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Spill), bgpool.WithHandoff(s), quietLogger())
-	release := hold(t, p)
+	p := newPool(t, 1, quietLogger(), bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Spill), bgpool.WithHandoff(s))
+	release := occupy(t, p, 1)
 	defer release()
 	job := bgpool.NewJob(func(context.Context, mailArgs) error { return nil })
 	var goErrs atomic.Int64
@@ -622,7 +584,7 @@ func TestWithAfterResponseNeverHoldsTheResponseForTheOverflow(t *testing.T) {
 
 func TestWithAfterResponseReportsTheTasksOfAPanickingHandler(t *testing.T) {
 	var reported atomic.Int64
-	p := httpPool(t, 1, bgpool.WithErrorHandler(func(_ context.Context, err error) {
+	p := newPool(t, 1, quietLogger(), bgpool.WithErrorHandler(func(_ context.Context, err error) {
 		if strings.Contains(err.Error(), "handler panicked") {
 			reported.Add(1)
 		}
@@ -641,8 +603,8 @@ func TestWithAfterResponseReportsTheTasksOfAPanickingHandler(t *testing.T) {
 }
 
 func TestWithSheddingSaturatesAHugeRetryAfter(t *testing.T) {
-	p := httpPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Reject))
-	release := hold(t, p)
+	p := newPool(t, 1, quietLogger(), bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Reject))
+	release := occupy(t, p, 1)
 	defer release()
 	h := bgpool.Middleware(p, bgpool.WithShedding(math.MaxInt64))(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	srv := httpServer(t, h)

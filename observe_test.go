@@ -3,6 +3,9 @@ package bgpool_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -122,14 +125,14 @@ func TestObserverSeesDropsAndCallerRuns(t *testing.T) {
 		t.Run(tt.want.String(), func(t *testing.T) {
 			var rec recorder
 			p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(tt.policy), bgpool.WithObserver(rec.observe))
-			g := fill(t, p, 1)
+			release := occupy(t, p, 1)
 			require.NoError(t, p.Submit(context.Background(), noop))
 			got := rec.byOutcome()
 			require.Len(t, got[tt.want], 1)
 			ev := got[tt.want][0]
 			assert.False(t, ev.Queued, "a task dropped on arrival or run by its caller never queued")
 			assert.Equal(t, tt.want == bgpool.OutcomeCompleted, ev.Started)
-			g.open()
+			release()
 		})
 	}
 }
@@ -154,4 +157,51 @@ func TestEveryObserverHearsEveryTaskEvenIfOnePanics(t *testing.T) {
 	shutdown(t, p)
 	assert.Equal(t, int64(3), first.Load())
 	assert.Equal(t, int64(3), second.Load(), "the second observer hears every task, after the first panicked")
+}
+
+// An observer that panics is logged and stops nothing: every task runs,
+// counts Completed, and Shutdown drains the pool by its deadline.
+func TestPanickingObserverKeepsThePoolWorking(t *testing.T) {
+	var logs syncBuffer
+	var armed atomic.Bool // the cleanup disarms the observer: an unfixed Shutdown would panic on the test's goroutine
+	armed.Store(true)
+	p := newPool(t, 1,
+		bgpool.WithObserver(func(bgpool.TaskEvent) {
+			if armed.Load() {
+				panic("boom")
+			}
+		}),
+		bgpool.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	t.Cleanup(func() { armed.Store(false) })
+
+	for i := range 3 {
+		ran := make(chan struct{})
+		require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+			close(ran)
+			return nil
+		}))
+		receive(t, ran, 2*time.Second, fmt.Sprintf("task %d of 3 did not run", i+1))
+	}
+	assert.NoError(t, shutdownWithin(t, p, 2*time.Second, 3*time.Second))
+	assert.Equal(t, uint64(3), p.Stats().Completed)
+	assert.Contains(t, logs.String(), "observer panicked")
+}
+
+// An observer that calls runtime.Goexit (t.FailNow in a test's observer)
+// after a task was counted Completed leaves the task counted once, and the
+// pool still drains at Shutdown.
+func TestObserverCallingGoexitLeavesTheTaskCountedOnce(t *testing.T) {
+	var once sync.Once
+	p := newPool(t, 1, quietLogger(), bgpool.WithObserver(func(bgpool.TaskEvent) {
+		once.Do(runtime.Goexit)
+	}))
+	require.NoError(t, p.Submit(context.Background(), noop))
+	s := waitStats(t, p, func(s bgpool.Stats) bool { return s.Ended() >= 1 && s.Running == 0 })
+	time.Sleep(50 * time.Millisecond) // let the replacement loop settle anything else
+	s = p.Stats()
+	assert.Equal(t, uint64(1), s.Completed+s.Failed, "one task, counted once: got %+v", s)
+	assert.Equal(t, uint64(1), s.Submitted, "got %+v", s)
+
+	err := shutdownWithin(t, p, 500*time.Millisecond, 3*time.Second)
+	assert.NoError(t, err, "a pool whose only task returned must drain")
 }

@@ -1,11 +1,9 @@
 package bgpool_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"runtime"
@@ -221,7 +219,7 @@ func TestRateLimitedWorkersWaitForTokensHoldingTheirTasks(t *testing.T) {
 		assert.Equal(t, 6, s.Queued, "tasks waiting for a token count as Queued")
 		assert.Equal(t, 0, s.Running)
 		assert.Equal(t, uint64(1), s.Completed)
-		assert.Equal(t, s.Submitted, s.Ended()+uint64(s.Queued+s.Running))
+		assertBalanced(t, s)
 
 		time.Sleep(2*time.Second + time.Millisecond) // a token a second
 		synctest.Wait()
@@ -274,45 +272,6 @@ func TestMaxQueueWaitDropsTasksThatWaitedTooLong(t *testing.T) {
 		assert.Equal(t, uint64(2), s.Completed)
 		assert.Equal(t, 1, ran)
 	})
-}
-
-func TestShutdownDeadlineWithFakeTime(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		p, err := bgpool.New(1)
-		require.NoError(t, err)
-		require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
-			<-ctx.Done()
-			return ctx.Err()
-		}))
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		start := time.Now()
-		err = p.Shutdown(ctx)
-		assert.ErrorIs(t, err, context.DeadlineExceeded)
-		assert.Equal(t, 30*time.Second, time.Since(start), "Shutdown returns exactly at its deadline")
-		synctest.Wait()
-		assert.Equal(t, uint64(1), p.Stats().Abandoned)
-	})
-}
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-var _ io.Writer = (*syncBuffer)(nil)
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestTaskTimeoutContextBehavesLikeContextWithDeadline(t *testing.T) {

@@ -3,6 +3,8 @@ package bgpool_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -15,7 +17,7 @@ import (
 
 func TestBlockWaitsForRoom(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(0))
-	g := fill(t, p, 1)
+	release := occupy(t, p, 1)
 	ran := make(chan struct{})
 	submitted := make(chan error, 1)
 	go func() {
@@ -26,15 +28,15 @@ func TestBlockWaitsForRoom(t *testing.T) {
 		t.Fatalf("Submit returned %v while the pool was full", err)
 	case <-time.After(20 * time.Millisecond):
 	}
-	g.open()
+	release()
 	require.NoError(t, <-submitted)
 	<-ran
 }
 
 func TestBlockGivesUpWhenTheContextEnds(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(0))
-	g := fill(t, p, 1)
-	defer g.open()
+	release := occupy(t, p, 1)
+	defer release()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 	defer cancel()
 	err := p.Submit(ctx, noop)
@@ -51,14 +53,14 @@ func TestBlockGivesUpWhenTheContextEnds(t *testing.T) {
 
 func TestBlockIsInterruptedByShutdown(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(0))
-	g := fill(t, p, 1)
+	release := occupy(t, p, 1)
 	submitted := make(chan error, 1)
 	go func() { submitted <- p.Submit(context.Background(), noop) }()
 	require.Eventually(t, func() bool { return p.Stats().Waiting == 1 }, 5*time.Second, time.Millisecond)
 	shut := make(chan error, 1)
 	go func() { shut <- p.Shutdown(context.Background()) }()
 	assert.ErrorIs(t, <-submitted, bgpool.ErrClosed)
-	g.open()
+	release()
 	require.NoError(t, <-shut)
 	s := p.Stats()
 	assert.Equal(t, uint64(1), s.Rejected)
@@ -67,7 +69,7 @@ func TestBlockIsInterruptedByShutdown(t *testing.T) {
 
 func TestBlockAdmitsWaitersInFIFOOrder(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(0))
-	g := fill(t, p, 1)
+	release := occupy(t, p, 1)
 	var mu sync.Mutex
 	var order []int
 	var wg sync.WaitGroup
@@ -86,7 +88,7 @@ func TestBlockAdmitsWaitersInFIFOOrder(t *testing.T) {
 		require.Eventually(t, func() bool { return p.Stats().Waiting == 1+i }, 5*time.Second, time.Millisecond)
 		time.Sleep(time.Millisecond)
 	}
-	g.open()
+	release()
 	wg.Wait()
 	shutdown(t, p)
 	assert.Equal(t, []int{0, 1, 2, 3, 4}, order)
@@ -94,8 +96,8 @@ func TestBlockAdmitsWaitersInFIFOOrder(t *testing.T) {
 
 func TestBlockForWaitsAtMostD(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.BlockFor(20*time.Millisecond)))
-	g := fill(t, p, 1)
-	defer g.open()
+	release := occupy(t, p, 1)
+	defer release()
 	start := time.Now()
 	err := p.Submit(context.Background(), noop)
 	elapsed := time.Since(start)
@@ -104,29 +106,29 @@ func TestBlockForWaitsAtMostD(t *testing.T) {
 	assert.GreaterOrEqual(t, elapsed, 20*time.Millisecond)
 
 	p2 := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.BlockFor(0)))
-	g2 := fill(t, p2, 1)
-	defer g2.open()
+	release2 := occupy(t, p2, 1)
+	defer release2()
 	assert.ErrorIs(t, p2.Submit(context.Background(), noop), bgpool.ErrOverloaded)
 }
 
 func TestBlockForSucceedsWhenRoomAppearsInTime(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.BlockFor(10*time.Second)))
-	g := fill(t, p, 1)
+	release := occupy(t, p, 1)
 	go func() {
 		time.Sleep(5 * time.Millisecond)
-		g.open()
+		release()
 	}()
 	require.NoError(t, p.Submit(context.Background(), noop))
 }
 
 func TestDropDiscardsTheNewTask(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(1), bgpool.WithPolicy(bgpool.Drop))
-	g := fill(t, p, 1)
+	release := occupy(t, p, 1)
 	kept := make(chan struct{})
 	require.NoError(t, p.Submit(context.Background(), func(context.Context) error { close(kept); return nil }))
 	ran := false
 	require.NoError(t, p.Submit(context.Background(), func(context.Context) error { ran = true; return nil }), "Drop returns nil")
-	g.open()
+	release()
 	shutdown(t, p)
 	<-kept
 	assert.False(t, ran)
@@ -137,17 +139,17 @@ func TestDropDiscardsTheNewTask(t *testing.T) {
 
 func TestRejectReturnsErrOverloadedAtOnce(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(1), bgpool.WithPolicy(bgpool.Reject))
-	g := fill(t, p, 1)
+	release := occupy(t, p, 1)
 	require.NoError(t, p.Submit(context.Background(), noop))
 	err := p.Submit(context.Background(), noop)
 	assert.ErrorIs(t, err, bgpool.ErrOverloaded)
 	assert.Equal(t, uint64(1), p.Stats().Rejected)
-	g.open()
+	release()
 }
 
 func TestDropOldestDropsTheOldestQueuedTask(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(2), bgpool.WithPolicy(bgpool.DropOldest))
-	g := fill(t, p, 1)
+	release := occupy(t, p, 1)
 	var mu sync.Mutex
 	var ran []string
 	task := func(name string) bgpool.Task {
@@ -162,7 +164,7 @@ func TestDropOldestDropsTheOldestQueuedTask(t *testing.T) {
 		require.NoError(t, p.Submit(context.Background(), task(name)))
 	}
 	assert.Equal(t, 2, p.Stats().Queued)
-	g.open()
+	release()
 	shutdown(t, p)
 	assert.Equal(t, []string{"c", "d"}, ran)
 	assert.Equal(t, uint64(2), p.Stats().Dropped)
@@ -170,10 +172,10 @@ func TestDropOldestDropsTheOldestQueuedTask(t *testing.T) {
 
 func TestDropOldestWithoutAQueueDropsTheNewTask(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.DropOldest))
-	g := fill(t, p, 1)
+	release := occupy(t, p, 1)
 	require.NoError(t, p.Submit(context.Background(), noop))
 	assert.Equal(t, uint64(1), p.Stats().Dropped)
-	g.open()
+	release()
 }
 
 type valueKey struct{}
@@ -188,8 +190,8 @@ func TestCallerRunsRunsOnTheSubmittingGoroutine(t *testing.T) {
 			handled = append(handled, err)
 			mu.Unlock()
 		}))
-	g := fill(t, p, 1)
-	defer g.open()
+	release := occupy(t, p, 1)
+	defer release()
 
 	ctx := context.WithValue(context.Background(), valueKey{}, "v")
 	ran := false
@@ -232,10 +234,10 @@ func TestCustomPolicyCanCombineActions(t *testing.T) {
 		return o.Drop()
 	})
 	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(blockThenDrop))
-	g := fill(t, p, 1)
+	release := occupy(t, p, 1)
 	require.NoError(t, p.Submit(context.Background(), noop))
 	assert.Equal(t, uint64(1), p.Stats().Dropped)
-	g.open()
+	release()
 }
 
 func TestPolicyThatSettlesNothingCountsTheTaskRejected(t *testing.T) {
@@ -252,8 +254,8 @@ func TestPolicyThatSettlesNothingCountsTheTaskRejected(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			lazy := bgpool.PolicyFunc(func(context.Context, *bgpool.Overflow) error { return tt.returns })
 			p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(lazy))
-			g := fill(t, p, 1)
-			defer g.open()
+			release := occupy(t, p, 1)
+			defer release()
 			assert.ErrorIs(t, p.Submit(context.Background(), noop), tt.want)
 			assert.Equal(t, uint64(1), p.Stats().Rejected)
 		})
@@ -268,8 +270,8 @@ func TestOverflowActionsSettleOnlyOnce(t *testing.T) {
 		return err
 	})
 	p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(twice))
-	g := fill(t, p, 1)
-	defer g.open()
+	release := occupy(t, p, 1)
+	defer release()
 	require.NoError(t, p.Submit(context.Background(), noop))
 	assert.ErrorContains(t, second, "already settled")
 	s := p.Stats()
@@ -279,7 +281,7 @@ func TestOverflowActionsSettleOnlyOnce(t *testing.T) {
 
 func TestDropOldestDropsAnOlderTaskWhenALaterSubmitterTakesTheRoom(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(1), bgpool.WithPolicy(bgpool.DropOldest))
-	release := hold(t, p)
+	release := occupy(t, p, 1)
 	defer release()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -306,4 +308,65 @@ func TestDropOldestDropsAnOlderTaskWhenALaterSubmitterTakesTheRoom(t *testing.T)
 	close(stop)
 	wg.Wait()
 	assert.Zero(t, ownDropped, "DropOldest dropped the new task while older ones were queued")
+}
+
+// A task that an overflow policy ends abnormally is still counted once: a
+// caller-run task that calls runtime.Goexit counts Failed, a policy that
+// panics counts the task Rejected and its panic reaches Submit's caller,
+// and Overflow.Wait with a nil context returns an error.
+func TestMisbehavingPolicyIsAccounted(t *testing.T) {
+	t.Run("a caller-run task that calls runtime.Goexit counts Failed", func(t *testing.T) {
+		p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.CallerRuns), quietLogger())
+		release := occupy(t, p, 1)
+		exited := make(chan struct{})
+		go func() {
+			defer close(exited) // runs as runtime.Goexit ends this goroutine
+			_ = p.Submit(context.Background(), func(context.Context) error {
+				runtime.Goexit()
+				return nil
+			})
+		}()
+		receive(t, exited, 2*time.Second, "the submitter running the task did not end")
+		release()
+
+		s := waitStats(t, p, idleWith(1))
+		assertBalanced(t, s)
+		assert.Equal(t, uint64(1), s.Failed)
+	})
+
+	t.Run("a policy that panics counts the task Rejected", func(t *testing.T) {
+		p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.PolicyFunc(
+			func(context.Context, *bgpool.Overflow) error { panic("policy boom") })))
+		occupy(t, p, 1)
+
+		var recovered any
+		func() {
+			defer func() { recovered = recover() }()
+			_ = p.Submit(context.Background(), noop)
+		}()
+		assert.Contains(t, fmt.Sprint(recovered), "policy boom", "the policy's panic did not reach Submit's caller")
+		s := p.Stats()
+		assert.Equal(t, uint64(1), s.Rejected)
+		assertBalanced(t, s)
+	})
+
+	t.Run("Overflow.Wait with a nil context returns an error", func(t *testing.T) {
+		var waitErr error
+		var waitPanic any
+		p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.PolicyFunc(
+			func(_ context.Context, o *bgpool.Overflow) error {
+				func() {
+					defer func() { waitPanic = recover() }()
+					var noCtx context.Context
+					waitErr = o.Wait(noCtx)
+				}()
+				return o.Reject()
+			})))
+		occupy(t, p, 1)
+
+		err := p.Submit(context.Background(), noop)
+		assert.Nil(t, waitPanic, "Wait(nil) panicked")
+		assert.Error(t, waitErr)
+		assert.ErrorIs(t, err, bgpool.ErrOverloaded)
+	})
 }

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,68 +26,12 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, goleak.IgnoreCurrent())
 }
 
-// newPool returns a pool that is shut down when the test ends.
-func newPool(t *testing.T, size int, opts ...bgpool.Option) *bgpool.Pool {
-	t.Helper()
-	p, err := bgpool.New(size, opts...)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = p.Shutdown(ctx)
-	})
-	return p
-}
-
 func shutdown(t *testing.T, p *bgpool.Pool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.NoError(t, p.Shutdown(ctx))
 }
-
-// gate is a task that tells when it starts and holds its worker until
-// released.
-type gate struct {
-	started chan struct{}
-	release chan struct{}
-}
-
-func newGate(capacity int) *gate {
-	return &gate{started: make(chan struct{}, capacity), release: make(chan struct{})}
-}
-
-func (g *gate) task(ctx context.Context) error {
-	g.started <- struct{}{}
-	<-g.release
-	return nil
-}
-
-func (g *gate) waitStarted(t *testing.T, n int) {
-	t.Helper()
-	for i := 0; i < n; i++ {
-		select {
-		case <-g.started:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("only %d of %d gated tasks started", i, n)
-		}
-	}
-}
-
-func (g *gate) open() { close(g.release) }
-
-// fill occupies every worker of p with a gated task and waits until they run.
-func fill(t *testing.T, p *bgpool.Pool, workers int) *gate {
-	t.Helper()
-	g := newGate(workers + 1000)
-	for i := 0; i < workers; i++ {
-		require.NoError(t, p.Submit(context.Background(), g.task))
-	}
-	g.waitStarted(t, workers)
-	return g
-}
-
-func noop(context.Context) error { return nil }
 
 func TestNewRejectsBadConfiguration(t *testing.T) {
 	tests := []struct {
@@ -243,7 +190,7 @@ func TestNeverMoreThanSizeTasksRunAtOnce(t *testing.T) {
 
 func TestQueueStartsTasksInFIFOOrder(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(50))
-	g := fill(t, p, 1)
+	release := occupy(t, p, 1)
 	var mu sync.Mutex
 	var order []int
 	for i := 0; i < 50; i++ {
@@ -255,7 +202,7 @@ func TestQueueStartsTasksInFIFOOrder(t *testing.T) {
 		}))
 	}
 	assert.Equal(t, 50, p.Stats().Queued)
-	g.open()
+	release()
 	shutdown(t, p)
 	want := make([]int, 50)
 	for i := range want {
@@ -268,7 +215,7 @@ func TestQueueHoldsAtMostQueueSize(t *testing.T) {
 	for _, queue := range []int{0, 1, 5} {
 		t.Run(fmt.Sprintf("queue=%d", queue), func(t *testing.T) {
 			p := newPool(t, 2, bgpool.WithQueueSize(queue), bgpool.WithPolicy(bgpool.Reject))
-			g := fill(t, p, 2)
+			release := occupy(t, p, 2)
 			for i := 0; i < queue; i++ {
 				require.NoError(t, p.Submit(context.Background(), noop), "task %d fits the queue", i)
 			}
@@ -277,7 +224,7 @@ func TestQueueHoldsAtMostQueueSize(t *testing.T) {
 			s := p.Stats()
 			assert.Equal(t, queue, s.Queued)
 			assert.Equal(t, 2, s.Running)
-			g.open()
+			release()
 		})
 	}
 }
@@ -297,7 +244,7 @@ func TestTrySubmitNeverWaitsWhateverThePolicy(t *testing.T) {
 	for name, policy := range map[string]bgpool.Policy{"Block": bgpool.Block, "CallerRuns": bgpool.CallerRuns, "Drop": bgpool.Drop} {
 		t.Run(name, func(t *testing.T) {
 			p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(policy))
-			g := fill(t, p, 1)
+			release := occupy(t, p, 1)
 			ran := false
 			err := p.TrySubmit(context.Background(), func(context.Context) error { ran = true; return nil })
 			assert.ErrorIs(t, err, bgpool.ErrOverloaded)
@@ -305,7 +252,7 @@ func TestTrySubmitNeverWaitsWhateverThePolicy(t *testing.T) {
 			s := p.Stats()
 			assert.Equal(t, uint64(1), s.Rejected)
 			assert.Equal(t, uint64(0), s.Dropped)
-			g.open()
+			release()
 		})
 	}
 }
@@ -402,126 +349,6 @@ func TestTuneUnderLoadNeverExceedsTheCap(t *testing.T) {
 	s := p.Stats()
 	assert.Equal(t, s.Submitted, s.Ended())
 	assert.Equal(t, uint64(8000), s.Completed, "Block loses nothing")
-}
-
-func TestShutdownDrainsQueuedAndRunningTasks(t *testing.T) {
-	p := newPool(t, 2, bgpool.WithQueueSize(10))
-	g := fill(t, p, 2)
-	var ran atomic.Int64
-	for i := 0; i < 10; i++ {
-		require.NoError(t, p.Submit(context.Background(), func(context.Context) error { ran.Add(1); return nil }))
-	}
-	done := make(chan error, 1)
-	go func() { done <- p.Shutdown(context.Background()) }()
-
-	// Shutdown stops admitting at once.
-	require.Eventually(t, func() bool {
-		return errors.Is(p.Submit(context.Background(), noop), bgpool.ErrClosed)
-	}, 5*time.Second, time.Millisecond)
-	assert.ErrorIs(t, p.TrySubmit(context.Background(), noop), bgpool.ErrClosed)
-	select {
-	case err := <-done:
-		t.Fatalf("Shutdown returned %v while tasks were running", err)
-	default:
-	}
-
-	g.open()
-	require.NoError(t, <-done)
-	assert.Equal(t, int64(10), ran.Load())
-	s := p.Stats()
-	assert.Equal(t, uint64(12), s.Completed)
-	assert.Equal(t, s.Submitted-12, s.Rejected, "submits after Shutdown are counted Rejected")
-	assert.Equal(t, s.Submitted, s.Ended())
-	require.NoError(t, p.Shutdown(context.Background()), "a second Shutdown is fine")
-}
-
-func TestShutdownDeadlineAbandonsAndCancelsTasks(t *testing.T) {
-	p := newPool(t, 2, bgpool.WithQueueSize(5))
-	started := make(chan struct{}, 2)
-	cancelled := make(chan error, 2)
-	ignoring := make(chan struct{})
-	// One task honours its context, one ignores it until released.
-	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
-		started <- struct{}{}
-		<-ctx.Done()
-		cancelled <- context.Cause(ctx)
-		return ctx.Err()
-	}))
-	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
-		started <- struct{}{}
-		<-ignoring
-		return nil
-	}))
-	<-started
-	<-started
-	for i := 0; i < 3; i++ {
-		require.NoError(t, p.Submit(context.Background(), noop))
-	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	err := p.Shutdown(ctx)
-	elapsed := time.Since(start)
-	require.Error(t, err)
-	assert.ErrorIs(t, err, context.DeadlineExceeded)
-	assert.Contains(t, err.Error(), "abandoned 5 tasks (3 queued, 2 running)")
-	assert.Less(t, elapsed, 2*time.Second, "Shutdown returns at its deadline")
-
-	cause := <-cancelled
-	assert.ErrorContains(t, cause, "shutdown deadline passed")
-
-	s := p.Stats()
-	assert.Equal(t, uint64(5), s.Abandoned)
-	close(ignoring)
-
-	// The tasks returning later are not counted again.
-	require.Eventually(t, func() bool { return p.Stats().Running == 0 }, 5*time.Second, time.Millisecond)
-	s = p.Stats()
-	assert.Equal(t, uint64(5), s.Abandoned)
-	assert.Equal(t, uint64(0), s.Completed+s.Failed)
-	assert.Equal(t, s.Submitted, s.Ended())
-
-	err = p.Shutdown(context.Background())
-	assert.ErrorContains(t, err, "5 tasks were abandoned")
-}
-
-func TestShutdownConcurrentCallsAllWait(t *testing.T) {
-	p := newPool(t, 2)
-	g := fill(t, p, 2)
-	errs := make(chan error, 4)
-	for i := 0; i < 4; i++ {
-		go func() { errs <- p.Shutdown(context.Background()) }()
-	}
-	require.Eventually(t, func() bool {
-		return errors.Is(p.TrySubmit(context.Background(), noop), bgpool.ErrClosed)
-	}, 5*time.Second, time.Millisecond)
-	select {
-	case err := <-errs:
-		t.Fatalf("Shutdown returned %v before the tasks finished", err)
-	default:
-	}
-	g.open()
-	for i := 0; i < 4; i++ {
-		assert.NoError(t, <-errs)
-	}
-}
-
-func TestShutdownFromInsideATaskDoesNotDeadlock(t *testing.T) {
-	p := newPool(t, 1, bgpool.WithQueueSize(2))
-	returned := make(chan error, 1)
-	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
-		returned <- p.Shutdown(ctx)
-		return nil
-	}))
-	select {
-	case err := <-returned:
-		assert.NoError(t, err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("Shutdown called from a task did not return")
-	}
-	assert.ErrorIs(t, p.Submit(context.Background(), noop), bgpool.ErrClosed)
-	shutdown(t, p)
 }
 
 func TestTaskSubmittingToItsOwnFullPoolDoesNotDeadlock(t *testing.T) {
@@ -622,7 +449,7 @@ func TestAccountingInvariantUnderConcurrentLoadWithShutdown(t *testing.T) {
 
 func TestTuneGrowthReachesWaitingSubmittersWithoutAQueue(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(0))
-	release := hold(t, p)
+	release := occupy(t, p, 1)
 	g := newGate(8)
 	errs := make(chan error, 8)
 	for range 8 {
@@ -649,4 +476,120 @@ func TestATaskHandedToAStartingWorkerIsCountedAtOnce(t *testing.T) {
 	assert.Equal(t, 200, s.Queued+s.Running, "%+v", s)
 	assert.Equal(t, 0, s.Waiting, "%+v", s)
 	g.open()
+}
+
+// New refuses a size beyond math.MaxInt32 and names it, accepts
+// math.MaxInt32 itself and runs a task, and Tune clamps a larger size to
+// math.MaxInt32.
+func TestSizeBeyondMaxInt32IsRefusedByNewAndClampedByTune(t *testing.T) {
+	if strconv.IntSize < 64 {
+		t.Skip("sizes beyond math.MaxInt32 need a 64-bit int")
+	}
+	huge := []int64{1 << 31, 1 << 32} // int64, so that the file compiles where int has 32 bits
+
+	t.Run("New refuses a size beyond math.MaxInt32", func(t *testing.T) {
+		for _, size := range huge {
+			p, err := bgpool.New(int(size))
+			if p != nil {
+				stopPool(p)
+			}
+			assert.True(t, p == nil, "New(%d) returned a pool", size)
+			if assert.Error(t, err, "New(%d)", size) {
+				assert.Contains(t, err.Error(), strconv.FormatInt(size, 10))
+			}
+		}
+	})
+
+	t.Run("New accepts math.MaxInt32 and runs a task", func(t *testing.T) {
+		p := newPool(t, math.MaxInt32)
+		ran := make(chan struct{})
+		require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+			close(ran)
+			return nil
+		}))
+		receive(t, ran, 2*time.Second, "the task did not run")
+	})
+
+	t.Run("Tune clamps a size beyond math.MaxInt32", func(t *testing.T) {
+		p := newPool(t, 1)
+		p.Tune(int(huge[1]))
+		assert.Equal(t, math.MaxInt32, p.Stats().Workers)
+
+		ran := make(chan struct{})
+		submitted := make(chan error, 1)
+		go func() {
+			submitted <- p.Submit(context.Background(), func(context.Context) error {
+				close(ran)
+				return nil
+			})
+		}()
+		receive(t, ran, 2*time.Second, "a task submitted after Tune did not run")
+		assert.NoError(t, receive(t, submitted, 2*time.Second, "Submit did not return"))
+	})
+}
+
+// New refuses a queue of math.MaxInt, and accepts a queue of 1<<20 that
+// admits and runs tasks.
+func TestNewRefusesAnOversizedQueueAndAcceptsALargeOne(t *testing.T) {
+	t.Run("New refuses a queue of math.MaxInt", func(t *testing.T) {
+		p, err := bgpool.New(1, bgpool.WithQueueSize(math.MaxInt))
+		if p != nil {
+			stopPool(p)
+		}
+		assert.True(t, p == nil, "New returned a pool")
+		assert.Error(t, err)
+	})
+
+	t.Run("New accepts a queue of 1<<20 that admits and runs tasks", func(t *testing.T) {
+		p := newPool(t, 1, bgpool.WithQueueSize(1<<20))
+		release := occupy(t, p, 1)
+		var ran atomic.Int32
+		for range 3 {
+			require.NoError(t, p.TrySubmit(context.Background(), func(context.Context) error {
+				ran.Add(1)
+				return nil
+			}))
+		}
+		release()
+		waitStats(t, p, idleWith(4))
+		assert.Equal(t, int32(3), ran.Load())
+	})
+}
+
+// New starts no goroutine: workers start with the first tasks.
+func TestNewStartsNoGoroutine(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	p, err := bgpool.New(4)
+	require.NoError(t, err)
+	t.Cleanup(func() { stopPool(p) })
+	goleak.VerifyNone(t, opt)
+}
+
+// typedNilPolicy is a Policy whose nil pointer must not pass for a policy.
+type typedNilPolicy struct{}
+
+func (*typedNilPolicy) Overflow(_ context.Context, o *bgpool.Overflow) error { return o.Reject() }
+
+// A nil argument is caught where it is passed: New refuses a typed nil
+// policy, and Expvar panics at once on a nil pool with a "bgpool:" message.
+func TestNilArgumentsAreCaughtAtTheCall(t *testing.T) {
+	t.Run("New refuses a typed nil policy", func(t *testing.T) {
+		p, err := bgpool.New(1, bgpool.WithPolicy((*typedNilPolicy)(nil)))
+		if p != nil {
+			stopPool(p)
+		}
+		assert.True(t, p == nil, "New returned a pool")
+		assert.Error(t, err)
+	})
+
+	t.Run("Expvar panics at once on a nil pool", func(t *testing.T) {
+		var recovered any
+		func() {
+			defer func() { recovered = recover() }()
+			_ = bgpool.Expvar(nil)
+		}()
+		require.NotNil(t, recovered, "Expvar(nil) did not panic")
+		assert.True(t, strings.HasPrefix(fmt.Sprint(recovered), "bgpool:"),
+			"got panic %q, want one starting with %q", fmt.Sprint(recovered), "bgpool:")
+	})
 }

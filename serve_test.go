@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -67,7 +68,7 @@ func refused(addr string) bool {
 }
 
 func TestServeRejectsBadInput(t *testing.T) {
-	p := httpPool(t, 1)
+	p := newPool(t, 1, quietLogger())
 	srv := &http.Server{}
 	tests := []struct {
 		name  string
@@ -115,7 +116,7 @@ func TestServeRejectsBadInput(t *testing.T) {
 }
 
 func TestServeLetsInFlightRequestsSubmitAndDrainsThePool(t *testing.T) {
-	p := httpPool(t, 2)
+	p := newPool(t, 2, quietLogger())
 	handlerIn := make(chan struct{})
 	handlerGo := make(chan struct{})
 	taskHold := make(chan struct{})
@@ -175,7 +176,7 @@ func TestServeAbandonsWhatDoesNotFinishWithinGrace(t *testing.T) {
 	const grace = 200 * time.Millisecond
 
 	t.Run("a task longer than grace is abandoned and counted", func(t *testing.T) {
-		p := httpPool(t, 2)
+		p := newPool(t, 2, quietLogger())
 		started := make(chan struct{})
 		h := bgpool.Middleware(p)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			assert.NoError(t, bgpool.Go(r, func(ctx context.Context) error {
@@ -203,7 +204,7 @@ func TestServeAbandonsWhatDoesNotFinishWithinGrace(t *testing.T) {
 	})
 
 	t.Run("a request longer than grace has its connection closed", func(t *testing.T) {
-		p := httpPool(t, 2)
+		p := newPool(t, 2, quietLogger())
 		entered := make(chan struct{})
 		release := make(chan struct{})
 		returned := make(chan struct{})
@@ -254,7 +255,7 @@ func (l *failingListener) Accept() (net.Conn, error) {
 }
 
 func TestServeShutsThePoolDownWhenTheListenerFails(t *testing.T) {
-	p := httpPool(t, 1)
+	p := newPool(t, 1, quietLogger())
 	ran := make(chan struct{})
 	require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
 		close(ran)
@@ -285,7 +286,7 @@ func (l closeFailingListener) Close() error {
 }
 
 func TestServeReportsAListenerCloseErrorAsSuch(t *testing.T) {
-	p := httpPool(t, 1)
+	p := newPool(t, 1, quietLogger())
 	hold := make(chan struct{})
 	ran := make(chan struct{})
 	require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
@@ -319,7 +320,7 @@ func TestServeReportsAListenerCloseErrorAsSuch(t *testing.T) {
 
 func TestServeWithShutdownDelayKeepsServingWhileNotReady(t *testing.T) {
 	const delay = 2 * time.Second
-	p := httpPool(t, 1)
+	p := newPool(t, 1, quietLogger())
 	var ready bgpool.Readiness
 	mux := http.NewServeMux()
 	mux.Handle("GET /readyz", &ready)
@@ -355,7 +356,7 @@ func TestServeWithShutdownDelayKeepsServingWhileNotReady(t *testing.T) {
 
 func TestListenAndServe(t *testing.T) {
 	t.Run("serves on srv.Addr until ctx ends", func(t *testing.T) {
-		p := httpPool(t, 1)
+		p := newPool(t, 1, quietLogger())
 		addrs := make(chan string, 1)
 		srv := newServer(t, bgpool.StatsHandler(p))
 		srv.Addr = "127.0.0.1:0"
@@ -377,7 +378,7 @@ func TestListenAndServe(t *testing.T) {
 	})
 
 	t.Run("returns the listen error and shuts the pool down", func(t *testing.T) {
-		p := httpPool(t, 1)
+		p := newPool(t, 1, quietLogger())
 		taken := listen(t)
 		srv := newServer(t, http.NotFoundHandler())
 		srv.Addr = taken.Addr().String()
@@ -391,7 +392,7 @@ func TestListenAndServe(t *testing.T) {
 
 func TestServeCountsTheShutdownDelayInsideGrace(t *testing.T) {
 	const delay, grace = time.Second, 1500 * time.Millisecond
-	p := httpPool(t, 1)
+	p := newPool(t, 1, quietLogger())
 	started := make(chan struct{})
 	h := bgpool.Middleware(p)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		assert.NoError(t, bgpool.Go(r, func(ctx context.Context) error {
@@ -416,7 +417,7 @@ func TestServeCountsTheShutdownDelayInsideGrace(t *testing.T) {
 }
 
 func TestServeWaitsForHijackedHandlersAndAdmitsTheirTasks(t *testing.T) {
-	p := httpPool(t, 2)
+	p := newPool(t, 2, quietLogger())
 	hijacked, release := make(chan struct{}), make(chan struct{})
 	submitted := make(chan error, 1)
 	ran := make(chan struct{})
@@ -481,4 +482,43 @@ func TestServeKeepsItsGraceWhenTheHandoffDoesNotAnswer(t *testing.T) {
 	err = receive(t, result, 10*time.Second, "Serve did not return")
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.Less(t, time.Since(start), 1500*time.Millisecond, "Serve returns at its one deadline: %v", err)
+}
+
+// closeErrListener is a real listener whose Close closes it and then fails,
+// and which tells when Serve first accepts on it.
+type closeErrListener struct {
+	net.Listener
+	acceptOnce sync.Once
+	accepting  chan struct{}
+}
+
+func (l *closeErrListener) Accept() (net.Conn, error) {
+	l.acceptOnce.Do(func() { close(l.accepting) })
+	return l.Listener.Accept()
+}
+
+func (l *closeErrListener) Close() error {
+	_ = l.Listener.Close()
+	return errors.New("close boom")
+}
+
+// When the listener's Close fails at the end of Serve, Serve returns that
+// error, not one saying the server did not finish within grace.
+func TestServeReportsTheListenersCloseErrorNotAGraceTimeout(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ln := &closeErrListener{Listener: inner, accepting: make(chan struct{})}
+	p := newPool(t, 1)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	result := make(chan error, 1)
+	go func() { result <- bgpool.Serve(ctx, &http.Server{}, ln, p, 2*time.Second) }()
+	receive(t, ln.accepting, 2*time.Second, "Serve did not start accepting")
+	cancel()
+
+	err = receive(t, result, 5*time.Second, "Serve did not return")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "close boom")
+	assert.NotContains(t, err.Error(), "did not finish within grace")
 }

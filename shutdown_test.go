@@ -5,13 +5,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/bgpool/bgpool"
 )
@@ -61,6 +67,145 @@ type badArgs struct{}
 
 func (badArgs) Kind() string                 { return "mail" }
 func (badArgs) MarshalJSON() ([]byte, error) { return nil, errors.New("cannot marshal") }
+
+func TestShutdownDrainsQueuedAndRunningTasks(t *testing.T) {
+	p := newPool(t, 2, bgpool.WithQueueSize(10))
+	release := occupy(t, p, 2)
+	var ran atomic.Int64
+	for i := 0; i < 10; i++ {
+		require.NoError(t, p.Submit(context.Background(), func(context.Context) error { ran.Add(1); return nil }))
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Shutdown(context.Background()) }()
+
+	// Shutdown stops admitting at once.
+	require.Eventually(t, func() bool {
+		return errors.Is(p.Submit(context.Background(), noop), bgpool.ErrClosed)
+	}, 5*time.Second, time.Millisecond)
+	assert.ErrorIs(t, p.TrySubmit(context.Background(), noop), bgpool.ErrClosed)
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned %v while tasks were running", err)
+	default:
+	}
+
+	release()
+	require.NoError(t, <-done)
+	assert.Equal(t, int64(10), ran.Load())
+	s := p.Stats()
+	assert.Equal(t, uint64(12), s.Completed)
+	assert.Equal(t, s.Submitted-12, s.Rejected, "submits after Shutdown are counted Rejected")
+	assert.Equal(t, s.Submitted, s.Ended())
+	require.NoError(t, p.Shutdown(context.Background()), "a second Shutdown is fine")
+}
+
+func TestShutdownDeadlineAbandonsAndCancelsTasks(t *testing.T) {
+	p := newPool(t, 2, bgpool.WithQueueSize(5))
+	started := make(chan struct{}, 2)
+	cancelled := make(chan error, 2)
+	ignoring := make(chan struct{})
+	// One task honours its context, one ignores it until released.
+	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+		started <- struct{}{}
+		<-ctx.Done()
+		cancelled <- context.Cause(ctx)
+		return ctx.Err()
+	}))
+	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+		started <- struct{}{}
+		<-ignoring
+		return nil
+	}))
+	<-started
+	<-started
+	for i := 0; i < 3; i++ {
+		require.NoError(t, p.Submit(context.Background(), noop))
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := p.Shutdown(ctx)
+	elapsed := time.Since(start)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Contains(t, err.Error(), "abandoned 5 tasks (3 queued, 2 running)")
+	assert.Less(t, elapsed, 2*time.Second, "Shutdown returns at its deadline")
+
+	cause := <-cancelled
+	assert.ErrorContains(t, cause, "shutdown deadline passed")
+
+	s := p.Stats()
+	assert.Equal(t, uint64(5), s.Abandoned)
+	close(ignoring)
+
+	// The tasks returning later are not counted again.
+	require.Eventually(t, func() bool { return p.Stats().Running == 0 }, 5*time.Second, time.Millisecond)
+	s = p.Stats()
+	assert.Equal(t, uint64(5), s.Abandoned)
+	assert.Equal(t, uint64(0), s.Completed+s.Failed)
+	assert.Equal(t, s.Submitted, s.Ended())
+
+	err = p.Shutdown(context.Background())
+	assert.ErrorContains(t, err, "5 tasks were abandoned")
+}
+
+func TestShutdownConcurrentCallsAllWait(t *testing.T) {
+	p := newPool(t, 2)
+	release := occupy(t, p, 2)
+	errs := make(chan error, 4)
+	for i := 0; i < 4; i++ {
+		go func() { errs <- p.Shutdown(context.Background()) }()
+	}
+	require.Eventually(t, func() bool {
+		return errors.Is(p.TrySubmit(context.Background(), noop), bgpool.ErrClosed)
+	}, 5*time.Second, time.Millisecond)
+	select {
+	case err := <-errs:
+		t.Fatalf("Shutdown returned %v before the tasks finished", err)
+	default:
+	}
+	release()
+	for i := 0; i < 4; i++ {
+		assert.NoError(t, <-errs)
+	}
+}
+
+func TestShutdownFromInsideATaskDoesNotDeadlock(t *testing.T) {
+	p := newPool(t, 1, bgpool.WithQueueSize(2))
+	returned := make(chan error, 1)
+	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+		returned <- p.Shutdown(ctx)
+		return nil
+	}))
+	select {
+	case err := <-returned:
+		assert.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown called from a task did not return")
+	}
+	assert.ErrorIs(t, p.Submit(context.Background(), noop), bgpool.ErrClosed)
+	shutdown(t, p)
+}
+
+func TestShutdownDeadlineWithFakeTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, err := bgpool.New(1)
+		require.NoError(t, err)
+		require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+			<-ctx.Done()
+			return ctx.Err()
+		}))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		start := time.Now()
+		err = p.Shutdown(ctx)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.Equal(t, 30*time.Second, time.Since(start), "Shutdown returns exactly at its deadline")
+		synctest.Wait()
+		assert.Equal(t, uint64(1), p.Stats().Abandoned)
+	})
+}
 
 func TestShutdownHandsOffALargeQueueWithinItsDeadline(t *testing.T) {
 	// 20,000 Jobs behind a task that holds the only worker until the
@@ -198,7 +343,7 @@ func (s *lateStore) Handoff(ctx context.Context, jobs []bgpool.JobArgs) error {
 
 func TestShutdownErrorCountsReadWithoutParsing(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithQueueSize(2))
-	release := hold(t, p)
+	release := occupy(t, p, 1)
 	defer release()
 	require.NoError(t, p.Submit(context.Background(), noop))
 	err := shutdownWithin(t, p, 10*time.Millisecond, 2*time.Second)
@@ -206,4 +351,327 @@ func TestShutdownErrorCountsReadWithoutParsing(t *testing.T) {
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, bgpool.ShutdownError{Queued: 1, Running: 1, Err: context.DeadlineExceeded}, *se)
 	assert.EqualError(t, err, "bgpool: shutdown: abandoned 2 tasks (1 queued, 1 running): context deadline exceeded")
+}
+
+// callerRunsPool returns a pool of one worker without a queue whose policy
+// is CallerRuns, with only a caller-run task left running: task, on a
+// goroutine whose Submit result arrives on submitted. started is closed by
+// task when it starts.
+func callerRunsPool(t *testing.T, started <-chan struct{}, task bgpool.Task) (p *bgpool.Pool, submitted <-chan error) {
+	t.Helper()
+	p = newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.CallerRuns), quietLogger())
+	release := occupy(t, p, 1)
+	result := make(chan error, 1)
+	go func() { result <- p.Submit(context.Background(), task) }()
+	receive(t, started, 2*time.Second, "the caller-run task did not start")
+	release()
+	// The holding task is done; only the caller-run task is left, and it
+	// counts as Running.
+	waitStats(t, p, func(s bgpool.Stats) bool { return s.Completed == 1 && s.Running == 1 && s.Queued == 0 })
+	return p, result
+}
+
+// Shutdown waits for a task that CallerRuns runs on its submitter, its
+// deadline cancels and abandons such a task, and Overflow.Run called after
+// Shutdown began returns ErrClosed without running the task.
+func TestShutdownAccountsForCallerRunTasks(t *testing.T) {
+	t.Run("Shutdown waits for a caller-run task", func(t *testing.T) {
+		started, finish := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		unblock := func() { once.Do(func() { close(finish) }) }
+		t.Cleanup(unblock)
+		p, submitted := callerRunsPool(t, started, func(context.Context) error {
+			close(started)
+			<-finish
+			return nil
+		})
+
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		done := shutdownAsync(ctx, p)
+		select {
+		case err := <-done: // the defect: it did not wait
+			t.Fatalf("Shutdown returned %v while a caller-run task was running", err)
+		case <-time.After(100 * time.Millisecond): // still waiting, as it should
+		}
+		unblock()
+		assert.NoError(t, receive(t, done, 3*time.Second, "Shutdown did not return"))
+		assert.Equal(t, uint64(2), p.Stats().Completed, "Shutdown returned before the caller-run task was counted")
+		assert.NoError(t, receive(t, submitted, 2*time.Second, "Submit did not return"))
+	})
+
+	t.Run("Shutdown's deadline abandons a caller-run task", func(t *testing.T) {
+		started, cancelled, testDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
+		t.Cleanup(func() { close(testDone) })
+		p, submitted := callerRunsPool(t, started, func(ctx context.Context) error {
+			close(started)
+			select {
+			case <-ctx.Done(): // Shutdown's deadline passed
+				close(cancelled)
+				return ctx.Err()
+			case <-testDone: // the defect: nothing cancelled it
+				return nil
+			}
+		})
+
+		err := shutdownWithin(t, p, 100*time.Millisecond, 2*time.Second)
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		receive(t, cancelled, 2*time.Second, "the caller-run task's context was not cancelled")
+		receive(t, submitted, 2*time.Second, "Submit did not return")
+		s := p.Stats()
+		assert.Equal(t, uint64(1), s.Abandoned)
+		assert.Equal(t, uint64(1), s.Completed, "only the holding task completed")
+		assert.Equal(t, uint64(0), s.Failed)
+	})
+
+	t.Run("Overflow.Run after Shutdown began returns ErrClosed", func(t *testing.T) {
+		inPolicy := make(chan struct{})
+		runErr := make(chan error, 1)
+		var ran atomic.Bool
+		p := newPool(t, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.PolicyFunc(
+			func(ctx context.Context, o *bgpool.Overflow) error {
+				close(inPolicy)
+				if err := o.Wait(ctx); !errors.Is(err, bgpool.ErrClosed) {
+					runErr <- fmt.Errorf("Wait returned %v, want ErrClosed", err)
+					return err
+				}
+				err := o.Run() // Shutdown has begun
+				runErr <- err
+				return err
+			})))
+		release := occupy(t, p, 1)
+		submitted := make(chan error, 1)
+		go func() {
+			submitted <- p.Submit(context.Background(), func(context.Context) error {
+				ran.Store(true)
+				return nil
+			})
+		}()
+		receive(t, inPolicy, 2*time.Second, "the policy was not called")
+
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		done := shutdownAsync(ctx, p)
+		assert.ErrorIs(t, receive(t, runErr, 2*time.Second, "Overflow.Run did not return"), bgpool.ErrClosed)
+		assert.ErrorIs(t, receive(t, submitted, 2*time.Second, "Submit did not return"), bgpool.ErrClosed)
+		release()
+		assert.NoError(t, receive(t, done, 3*time.Second, "Shutdown did not return"))
+		assert.False(t, ran.Load(), "the task ran after Shutdown began")
+		s := p.Stats()
+		assert.Equal(t, uint64(1), s.Rejected)
+		assertBalanced(t, s)
+	})
+}
+
+// Shutdown called from one of the pool's own tasks returns, and once it
+// has, none of the pool's goroutines is left.
+func TestShutdownFromInsideATaskLeavesNoGoroutine(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	p, err := bgpool.New(1)
+	require.NoError(t, err)
+	t.Cleanup(func() { stopPool(p) })
+
+	shut := make(chan error, 1)
+	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+		shut <- p.Shutdown(ctx)
+		return nil
+	}))
+	assert.NoError(t, receive(t, shut, 2*time.Second, "Shutdown called from a task did not return"))
+	verifyNoLeak(t, opt)
+}
+
+// Shutdown with a context that is already done returns nil when nothing is
+// left to drain, whether the pool never ran a task or its workers parked;
+// so does Serve with no grace, with or without a completed request.
+func TestShutdownWithADoneContextReturnsNilOnAnIdlePool(t *testing.T) {
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+
+	t.Run("Shutdown returns nil on a pool that never ran a task", func(t *testing.T) {
+		p := newPool(t, 2)
+		assert.NoError(t, receive(t, shutdownAsync(cancelled, p), 2*time.Second, "Shutdown did not return"))
+	})
+
+	t.Run("Shutdown returns nil on a pool whose workers parked", func(t *testing.T) {
+		p := newPool(t, 2)
+		for range 3 {
+			require.NoError(t, p.Submit(context.Background(), noop))
+		}
+		waitStats(t, p, idleWith(3))
+		assert.NoError(t, receive(t, shutdownAsync(cancelled, p), 2*time.Second, "Shutdown did not return"))
+	})
+
+	t.Run("Serve with no grace returns nil when it got no request", func(t *testing.T) {
+		p := newPool(t, 1)
+		assert.NoError(t, serveAndStop(t, &http.Server{}, p, nil))
+	})
+
+	t.Run("Serve with no grace returns nil after a completed request", func(t *testing.T) {
+		p := newPool(t, 1)
+		connClosed := make(chan struct{}, 1)
+		srv := &http.Server{
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				ran := make(chan struct{})
+				if err := p.Submit(r.Context(), func(context.Context) error {
+					close(ran)
+					return nil
+				}); err != nil {
+					http.Error(w, err.Error(), http.StatusInternalServerError)
+					return
+				}
+				<-ran
+				w.WriteHeader(http.StatusNoContent)
+			}),
+			ConnState: func(_ net.Conn, state http.ConnState) {
+				if state == http.StateClosed {
+					connClosed <- struct{}{}
+				}
+			},
+		}
+		assert.NoError(t, serveAndStop(t, srv, p, func(addr string) {
+			client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			resp, err := client.Get("http://" + addr)
+			require.NoError(t, err)
+			resp.Body.Close()
+			require.Equal(t, http.StatusNoContent, resp.StatusCode)
+			receive(t, connClosed, 2*time.Second, "the server did not close the connection")
+			waitStats(t, p, idleWith(1))
+		}))
+	})
+}
+
+// serveAndStop runs bgpool.Serve with no grace on a new loopback listener,
+// calls use (if not nil) with the listener's address, ends Serve's ctx, and
+// returns what Serve returned.
+func serveAndStop(t *testing.T, srv *http.Server, p *bgpool.Pool, use func(addr string)) error {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	result := make(chan error, 1)
+	go func() { result <- bgpool.Serve(ctx, srv, ln, p, 0) }()
+	t.Cleanup(cancel)
+	if use != nil {
+		use(ln.Addr().String())
+	}
+	cancel()
+	return receive(t, result, 2*time.Second, "Serve did not return")
+}
+
+// An observer that blocks on the events of abandoned tasks does not hold
+// Shutdown past its deadline.
+func TestShutdownKeepsItsDeadlineWhenAnObserverBlocksOnAbandonedTasks(t *testing.T) {
+	unblockObserver := make(chan struct{})
+	p := newPool(t, 1, bgpool.WithQueueSize(5), bgpool.WithObserver(func(ev bgpool.TaskEvent) {
+		if ev.Outcome == bgpool.OutcomeAbandoned {
+			<-unblockObserver
+		}
+	}))
+	t.Cleanup(func() { close(unblockObserver) })
+	occupy(t, p, 1)
+	for range 5 {
+		require.NoError(t, p.TrySubmit(context.Background(), noop))
+	}
+
+	err := shutdownWithin(t, p, 100*time.Millisecond, time.Second)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+}
+
+// An observer that blocks on the last task's Completed event, after the
+// task was counted, does not hold Shutdown: Shutdown with a 100ms deadline
+// returns within 2s (what it returns is logged, not checked).
+func TestShutdownReturnsWhileAnObserverBlocksOnTheLastTask(t *testing.T) {
+	entered, unblock := make(chan struct{}, 1), make(chan struct{})
+	p := newPool(t, 1, bgpool.WithObserver(func(ev bgpool.TaskEvent) {
+		if ev.Outcome == bgpool.OutcomeCompleted {
+			entered <- struct{}{}
+			<-unblock
+		}
+	}))
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(unblock) }) }) // runs before the pool's cleanup
+
+	require.NoError(t, p.Submit(context.Background(), noop))
+	receive(t, entered, 2*time.Second, "the observer was not called")
+
+	start := time.Now()
+	err := shutdownWithin(t, p, 100*time.Millisecond, 2*time.Second)
+	t.Logf("Shutdown returned %v after %v", err, time.Since(start))
+}
+
+// A running task that honours its context but returns only after
+// Shutdown's deadline (cancelling its 20,000 child contexts takes a while)
+// counts Abandoned, not Failed, and Shutdown's error says so.
+func TestShutdownAbandonsARunningTaskThatReturnsAfterItsDeadline(t *testing.T) {
+	p := newPool(t, 1, quietLogger())
+	var cancels []context.CancelFunc
+	t.Cleanup(func() {
+		for _, c := range cancels {
+			c()
+		}
+	})
+	started := make(chan struct{})
+	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
+		for range 20000 {
+			_, c := context.WithCancel(ctx) // cancelling the pool's context now takes a while
+			cancels = append(cancels, c)
+		}
+		close(started)
+		<-ctx.Done()
+		return ctx.Err()
+	}))
+	receive(t, started, 5*time.Second, "the task did not start")
+
+	err := shutdownWithin(t, p, 20*time.Millisecond, 5*time.Second)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.ErrorContains(t, err, "abandoned 1 task (0 queued, 1 running)")
+	s := waitStats(t, p, func(s bgpool.Stats) bool { return s.Running == 0 })
+	assert.Equal(t, uint64(1), s.Abandoned, "got %+v", s)
+	assert.Zero(t, s.Failed, "got %+v", s)
+}
+
+// Shutdown called from an observer returns by its deadline. The test runs
+// in a child process, so that a Shutdown that never returns fails it
+// instead of hanging the suite.
+func TestShutdownFromAnObserverReturnsByItsDeadline(t *testing.T) {
+	if os.Getenv("BGPOOL_TEST_CHILD") == "observer-shutdown" {
+		observerShutdownChild()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestShutdownFromAnObserverReturnsByItsDeadline$")
+	cmd.Env = append(os.Environ(), "BGPOOL_TEST_CHILD=observer-shutdown")
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) && exit.ExitCode() == 3 {
+		t.Fatalf("the observer's Shutdown(ctx with a 200ms deadline) did not return within 3s:\n%s", out)
+	}
+	require.NoError(t, err, "%s", out)
+}
+
+func observerShutdownChild() {
+	var p *bgpool.Pool
+	var calls atomic.Int32
+	returned := make(chan error, 1)
+	p, err := bgpool.New(1, bgpool.WithObserver(func(bgpool.TaskEvent) {
+		if calls.Add(1) != 1 {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		returned <- p.Shutdown(ctx)
+	}))
+	if err != nil {
+		os.Exit(2)
+	}
+	if err := p.Submit(context.Background(), noop); err != nil {
+		os.Exit(2)
+	}
+	select {
+	case <-returned:
+		os.Exit(0)
+	case <-time.After(3 * time.Second):
+		os.Exit(3)
+	}
 }

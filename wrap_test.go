@@ -95,14 +95,14 @@ func TestTaskWrapperThatPanicsIsCountedPanicked(t *testing.T) {
 func TestTaskWrapperSeesTheQueueWait(t *testing.T) {
 	var rec wrapRecorder
 	p := newPool(t, 1, bgpool.WithTaskWrapper(rec.wrap), bgpool.WithQueueSize(1))
-	g := fill(t, p, 1)
+	release := occupy(t, p, 1)
 	done := make(chan struct{})
 	require.NoError(t, p.Submit(context.Background(), func(context.Context) error { close(done); return nil }))
 	waitStats(t, p, func(s bgpool.Stats) bool { return s.Queued == 1 })
 	// The queued task waits at least as long as this takes.
 	other := make(chan struct{})
 	go func() { defer close(other); _ = p.Do(context.Background(), noop) }()
-	g.open()
+	release()
 	<-done
 	<-other
 	shutdown(t, p)
