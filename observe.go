@@ -13,7 +13,7 @@ const (
 	OutcomeFailed                       // the task returned an error (or called runtime.Goexit)
 	OutcomePanicked                     // the task panicked
 	OutcomeDropped                      // discarded by Drop, DropOldest or Spill, or kept by a WithAfterResponse handler that panicked
-	OutcomeExpired                      // discarded after waiting longer than WithMaxQueueWait
+	OutcomeExpired                      // discarded after waiting longer than WithMaxQueueWait, or dropped by WithQueueDelayTarget
 	OutcomeRejected                     // refused with an error: ErrOverloaded, ErrClosed or bad input
 	OutcomeAbandoned                    // queued or running when Shutdown's deadline passed (a Job whose hand-off failed included)
 	OutcomeHandedOff                    // a Job passed to the pool's Handoff (Spill, or queued at Shutdown's deadline) that accepted it
@@ -51,6 +51,10 @@ type TaskEvent struct {
 	// Err is the task's error, a *PanicError for a panic, or the error
 	// Submit returned for a rejected task; nil otherwise.
 	Err error
+	// Workers is the pool's cap on running tasks when the task ended
+	// (Stats.Workers): New's size, the last Tune, or where
+	// WithAdaptiveConcurrency has moved it.
+	Workers int
 }
 
 // WithObserver adds a function that the pool calls once for every task when
@@ -83,7 +87,10 @@ func WithObserver(fn func(TaskEvent)) Option {
 // and logged, like one in the error handler, so that it can take neither a
 // worker nor a submitter down with it, nor keep the others from hearing.
 func (p *Pool) observe(out Outcome, r report) {
-	ev := TaskEvent{Outcome: out, Queued: r.queued, Started: r.started, RunTime: r.ran, Err: r.err}
+	if out == outcomeDelayed {
+		out = OutcomeExpired
+	}
+	ev := TaskEvent{Outcome: out, Queued: r.queued, Started: r.started, RunTime: r.ran, Err: r.err, Workers: int(p.workers.Load())}
 	if r.queued {
 		ev.QueueWait = max(0, p.now()-r.at-r.ran)
 	}

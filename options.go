@@ -35,6 +35,9 @@ type options struct {
 	observers    []func(TaskEvent)
 	handoff      Handoff // nil for none
 	wrap         func(context.Context, TaskInfo, Task) error
+	adaptMin     int // 0 without WithAdaptiveConcurrency
+	adaptMax     int
+	delayTarget  time.Duration
 }
 
 // setDefaults fills in every default in one place.

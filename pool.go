@@ -48,6 +48,8 @@ type Pool struct {
 	opts    options
 	queue   chan item // the FIFO queue; its capacity is QueueSize
 	limiter Limiter   // nil without a rate limit
+	adapt   *controller  // nil without WithAdaptiveConcurrency
+	delays  *queueDelays // nil without WithQueueDelayTarget or WithAdaptiveConcurrency
 	// stamp: tasks need their admission time (WithMaxQueueWait,
 	// WithObserver, WithTaskWrapper).
 	stamp bool
@@ -169,14 +171,25 @@ func New(size int, opts ...Option) (*Pool, error) {
 		return nil, fmt.Errorf("bgpool: New: queue size %d is larger than MaxQueueSize (%d)", o.queueSize, MaxQueueSize)
 	}
 
-	stamp := o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil
+	var adapt *controller
+	var delays *queueDelays
+	if o.adaptMax > 0 {
+		adapt = &controller{min: o.adaptMin, max: o.adaptMax}
+		size = min(max(size, o.adaptMin), o.adaptMax)
+	}
+	if adapt != nil || o.delayTarget > 0 {
+		delays = &queueDelays{target: o.delayTarget}
+	}
+	stamp := o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil || delays != nil
 	p := &Pool{
 		opts:    o,
 		queue:   make(chan item, o.queueSize),
 		limiter: o.limiter,
+		adapt:   adapt,
+		delays:  delays,
 		stamp:   stamp,
 		block:   isBlock(o.policy),
-		guarded: stamp || o.limiter != nil,
+		guarded: stamp || o.limiter != nil || adapt != nil,
 		epoch:   time.Now(),
 		callers: make(map[*slot]struct{}),
 	}
@@ -194,13 +207,21 @@ func (p *Pool) now() time.Duration { return time.Since(p.epoch) }
 // workers. Shrinking lets running tasks finish, retires parked workers at
 // once and busy ones when their task returns; a task admitted while Tune
 // runs may still start under the old size. The queue's capacity does not
-// change. A size below 1 is ignored. Tune does not block beyond a brief
-// lock.
+// change. A size below 1 is ignored. With WithAdaptiveConcurrency, size is
+// clamped to its bounds and the pool moves the cap on from there. Tune does
+// not block beyond a brief lock.
 func (p *Pool) Tune(size int) {
 	if size < 1 {
 		return
 	}
-	size = min(size, MaxWorkers)
+	if p.adapt != nil {
+		size = min(max(size, p.adapt.min), p.adapt.max)
+	}
+	p.setCap(min(size, MaxWorkers))
+}
+
+// setCap makes size the cap on running tasks, for Tune and the controller.
+func (p *Pool) setCap(size int) {
 	old := p.workers.Swap(int64(size))
 	if int64(size) < old {
 		p.retireParked()

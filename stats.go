@@ -27,10 +27,21 @@ type Stats struct {
 	Completed uint64 // tasks that returned nil
 	Failed    uint64 // tasks that returned an error or called runtime.Goexit
 	Panicked  uint64 // tasks that panicked
-	Dropped   uint64 // tasks discarded by Drop, DropOldest or Spill (a closure, or a Job whose hand-off failed), by WithMaxQueueWait, by a failing Limiter, kept by a WithAfterResponse handler that panicked, or taken back by Job.Do before they started
+	Dropped   uint64 // tasks discarded by Drop, DropOldest or Spill (a closure, or a Job whose hand-off failed), by WithMaxQueueWait or WithQueueDelayTarget, by a failing Limiter, kept by a WithAfterResponse handler that panicked, or taken back by Job.Do before they started
 	Rejected  uint64 // tasks refused with an error: ErrOverloaded, ErrClosed, or bad input
 	Abandoned uint64 // tasks queued or running when Shutdown's deadline passed
 	HandedOff uint64 // Jobs the pool's Handoff accepted: under Spill, or queued when Shutdown's drain ended (see WithHandoff)
+
+	// Parts of Dropped, by reason, not part of the sum above: Dropped
+	// minus both is what the policies, the limiter and Job.Do dropped.
+	Expired uint64 // tasks dropped for waiting longer than WithMaxQueueWait
+	Delayed uint64 // tasks dropped at the head of a standing queue by WithQueueDelayTarget
+
+	// QueueDelay is how long the task a worker took last had waited in the
+	// queue, the queue's delay now; zero while the queue is empty. It is
+	// measured only with WithQueueDelayTarget or WithAdaptiveConcurrency,
+	// and zero otherwise.
+	QueueDelay time.Duration
 
 	Shed uint64 // requests answered 503 by Middleware's WithShedding; requests, not tasks, so not part of the sum above
 }
@@ -59,16 +70,14 @@ type padded struct {
 	_ [56]byte
 }
 
-// add counts one task in out.
+// add counts one task in out. Expired and delayed tasks have counters of
+// their own, which Stats adds to Dropped.
 func (c *counters) add(out Outcome) {
-	switch out {
-	case OutcomeCompleted:
+	if out == OutcomeCompleted {
 		c.completed.Add(1)
-	case OutcomeExpired:
-		c.outcomes[OutcomeDropped].Add(1)
-	default:
-		c.outcomes[out].Add(1)
+		return
 	}
+	c.outcomes[out].Add(1)
 }
 
 // addSubmitted counts one Submit call.
@@ -78,20 +87,20 @@ func (c *counters) add(out Outcome) {
 // number and a cache miss a call) than the sharing it saved.
 func (c *counters) addSubmitted() { c.submitted.Add(1) }
 
-// load reads the Stats counter of out (OutcomeExpired counts as Dropped).
-// Completed is summed by Pool.completed, over the workers' counters too.
-func (c *counters) load(out Outcome) uint64 {
-	if out == OutcomeExpired {
-		out = OutcomeDropped
-	}
-	return c.outcomes[out].Load()
-}
+// load reads the counter of out. Completed is summed by Pool.completed,
+// over the workers' counters too.
+func (c *counters) load(out Outcome) uint64 { return c.outcomes[out].Load() }
 
 // loadSubmitted reads the number of Submit calls.
 func (c *counters) loadSubmitted() uint64 { return c.submitted.Load() }
 
+// outcomeDelayed is the outcome of a task that WithQueueDelayTarget dropped:
+// counted on its own (Stats.Delayed, a part of Dropped), and reported to
+// observers as OutcomeExpired.
+const outcomeDelayed = OutcomeHandedOff + 1
+
 // outcomeCount sizes counters.outcomes, indexed by Outcome.
-const outcomeCount = int(OutcomeHandedOff) + 1
+const outcomeCount = int(outcomeDelayed) + 1
 
 // report is what the observer is told of a task besides its outcome.
 type report struct {
@@ -245,11 +254,13 @@ func (p *Pool) Stats() Stats {
 			Completed: p.completed(),
 			Failed:    p.stats.load(OutcomeFailed),
 			Panicked:  p.stats.load(OutcomePanicked),
-			Dropped:   p.stats.load(OutcomeDropped),
+			Expired:   p.stats.load(OutcomeExpired),
+			Delayed:   p.stats.load(outcomeDelayed),
 			Rejected:  p.stats.load(OutcomeRejected),
 			Abandoned: p.stats.load(OutcomeAbandoned),
 			HandedOff: p.stats.load(OutcomeHandedOff),
 		}
+		s.Dropped = p.stats.load(OutcomeDropped) + s.Expired + s.Delayed
 		ended = s.Ended()
 		// Slots before the queue: a task moves from the queue to a slot,
 		// so read in this order it is seen at most once.
@@ -263,6 +274,9 @@ func (p *Pool) Stats() Stats {
 	s.Shed = p.stats.shed.Load()
 	inflight := calls - ended
 	queued := min(inQueue, inflight)
+	if p.delays != nil && queued > 0 {
+		s.QueueDelay = time.Duration(p.delays.last.Load())
+	}
 	running := min(inflight-queued, uint64(executing))
 	// What is neither queued nor running on a worker or a caller is a
 	// Submit still deciding, nearly always waiting for room: it is counted

@@ -490,7 +490,7 @@ var errGoexit = errors.New("bgpool: task called runtime.Goexit")
 // and settle it. Pools with a rate limit or a maximum queue wait pass
 // through gate first.
 func (p *Pool) run(s *slot, it item) {
-	if p.limiter != nil || p.opts.maxQueueWait > 0 {
+	if p.limiter != nil || p.opts.maxQueueWait > 0 || p.delays != nil {
 		if c := it.waiter(); c != nil {
 			s.waiter.Store(c) // before the slot leaves idle, as in claim
 		}
@@ -500,7 +500,14 @@ func (p *Pool) run(s *slot, it item) {
 	} else if !p.claim(s, &it, false) {
 		return
 	}
+	var start time.Duration
+	if p.adapt != nil {
+		start = p.now()
+	}
 	out, ran, err := p.execute(it, true)
+	if p.adapt != nil {
+		p.ran(start, out)
+	}
 	p.finish(s, it, out, report{queued: true, started: true, at: it.at, ran: ran, err: err})
 }
 
@@ -540,7 +547,8 @@ func (p *Pool) finish(s *slot, it item, out Outcome, r report) {
 }
 
 // gate decides whether a task taken from the queue may start: it has not
-// waited longer than WithMaxQueueWait, and the limiter gives it a token. It
+// waited longer than WithMaxQueueWait, the queue's delay control keeps it
+// (WithQueueDelayTarget), and the limiter gives it a token. It
 // reports false when it has settled the task instead. While the task waits
 // for its token, s is holding: Stats counts it Queued, and Shutdown's
 // deadline abandons it (cancelling the wait).
@@ -553,9 +561,16 @@ func (p *Pool) gate(s *slot, it *item) bool {
 		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
 		return false
 	}
-	if p.opts.maxQueueWait > 0 && p.now()-it.at > p.opts.maxQueueWait {
-		p.finish(s, *it, OutcomeExpired, report{queued: true, at: it.at})
-		return false
+	if p.opts.maxQueueWait > 0 || p.delays != nil {
+		now := p.now()
+		if p.opts.maxQueueWait > 0 && now-it.at > p.opts.maxQueueWait {
+			p.finish(s, *it, OutcomeExpired, report{queued: true, at: it.at})
+			return false
+		}
+		if p.delays != nil && !p.delays.keep(now, now-it.at, len(p.queue) == 0) {
+			p.finish(s, *it, outcomeDelayed, report{queued: true, at: it.at})
+			return false
+		}
 	}
 	if p.limiter != nil {
 		s.held = *it

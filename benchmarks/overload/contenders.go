@@ -73,6 +73,15 @@ var contenders = []contender{
 		},
 	},
 	{
+		Name: "bgpool-adaptive",
+		Setup: "bgpool-large plus WithAdaptiveConcurrency(1, 256) and WithQueueDelayTarget(5ms)",
+		New: func(c runConfig) (runner, error) {
+			return newBgpool(c.Oversize, bgpool.WithQueueSize(c.Queue), bgpool.WithPolicy(bgpool.Reject),
+				bgpool.WithTaskTimeout(c.Patience),
+				bgpool.WithAdaptiveConcurrency(1, c.Oversize), bgpool.WithQueueDelayTarget(5*time.Millisecond))
+		},
+	},
+	{
 		Name:  "ants-large",
 		Setup: "ants.NewPool(256, WithNonblocking(true)); the task applies the 100 ms timeout",
 		New:   newAnts,

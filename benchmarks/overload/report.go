@@ -74,8 +74,17 @@ type stageResult struct {
 	// within a quarter (at least 2) of where it ended: the median cap of
 	// the stage's last quarter. It is 0 for a fixed cap.
 	CapSettle float64 `json:"cap_settle_ms"`
-	Lag       lag     `json:"generator_lag"`
+	// The stage from settleAfter on, where the issue's goals are measured:
+	// useful share, p99 of useful tasks, and the highest cap.
+	LateShare  float64 `json:"useful_share_after_1s"`
+	LateP99    float64 `json:"p99_after_1s_ms"`
+	LateCapMax int     `json:"cap_max_after_1s"`
+	Lag        lag     `json:"generator_lag"`
 }
+
+// settleAfter is how long after a stage's start the goals give a
+// controller to settle: the figures "after 1 s" leave it out.
+const settleAfter = time.Second
 
 // lag summarises how late the generator submitted arrivals, in ms.
 type lag struct {
@@ -151,6 +160,7 @@ func (res *runResult) analyse(s settings, st []stage, sched []arrival) {
 	perStage := int(math.Ceil(float64(d) / float64(s.Bucket)))
 	type acc struct {
 		useful []time.Duration
+		late   []time.Duration // useful, arrived settleAfter or more into the stage
 		lags   []time.Duration
 		r      stageResult
 		caps   []int
@@ -185,6 +195,9 @@ func (res *runResult) analyse(s settings, st []stage, sched []arrival) {
 			if lat := rec.End - a.At; lat <= s.Useful {
 				useful = true
 				ac.useful = append(ac.useful, lat)
+				if a.At-time.Duration(k)*d >= settleAfter {
+					ac.late = append(ac.late, lat)
+				}
 				bucketLat[b] = append(bucketLat[b], lat)
 			} else {
 				ac.r.Late++
@@ -210,6 +223,9 @@ func (res *runResult) analyse(s settings, st []stage, sched []arrival) {
 		accs[k].caps = append(accs[k].caps, sm.Cap)
 		accs[k].capAt = append(accs[k].capAt, sm.T-time.Duration(k)*d)
 		accs[k].r.BacklogMax = max(accs[k].r.BacklogMax, sm.Backlog)
+		if sm.T-time.Duration(k)*d >= settleAfter {
+			accs[k].r.LateCapMax = max(accs[k].r.LateCapMax, sm.Cap)
+		}
 		bucketCaps[b] = append(bucketCaps[b], sm.Cap)
 		bucketBacklog[b] = append(bucketBacklog[b], sm.Backlog)
 	}
@@ -235,6 +251,11 @@ func (res *runResult) analyse(s settings, st []stage, sched []arrival) {
 		r.Share = r.UsefulRate / r.Capacity
 		slices.Sort(ac.useful)
 		r.P50, r.P99 = quantile(ac.useful, 0.5), quantile(ac.useful, 0.99)
+		slices.Sort(ac.late)
+		r.LateP99 = quantile(ac.late, 0.99)
+		if rest := d - settleAfter; rest > 0 {
+			r.LateShare = float64(len(ac.late)) / rest.Seconds() / r.Capacity
+		}
 		r.Lag = lagOf(ac.lags)
 		if len(ac.caps) > 0 {
 			r.CapMin, r.CapMax = slices.Min(ac.caps), slices.Max(ac.caps)
@@ -278,7 +299,7 @@ func (res *runResult) line() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%-15s run %d:", res.Contender, res.Run)
 	for _, s := range res.Stages {
-		fmt.Fprintf(&b, "  %s %.0f%% p99 %s", s.Stage, 100*s.Share, fmtMs(s.P99))
+		fmt.Fprintf(&b, "  %s %.0f%% p99 %s (after 1 s %s, cap ≤%d)", s.Stage, 100*s.Share, fmtMs(s.P99), fmtMs(s.LateP99), s.LateCapMax)
 	}
 	fmt.Fprintf(&b, "  (generator lag p99 %.2fms)", res.Lag.P99)
 	return b.String()
@@ -328,6 +349,9 @@ func (rep *report) summarise() {
 			p99s := col(func(r stageResult) float64 { return r.P99 })
 			m.P99 = median(p99s)
 			m.CapSettle = median(col(func(r stageResult) float64 { return r.CapSettle }))
+			m.LateShare = median(col(func(r stageResult) float64 { return r.LateShare }))
+			m.LateP99 = median(col(func(r stageResult) float64 { return r.LateP99 }))
+			m.LateCapMax = icol(func(r stageResult) int { return r.LateCapMax })
 			m.Converge = medianConverge(col(func(r stageResult) float64 { return r.Converge }))
 			m.Arrivals = icol(func(r stageResult) int { return r.Arrivals })
 			m.Useful = icol(func(r stageResult) int { return r.Useful })
@@ -465,8 +489,8 @@ func (rep *report) markdown(w io.Writer) {
 	fmt.Fprintf(w, "Machine: %s/%s, %d CPUs, %s. Generator lag over every arrival: p50 %s, p99 %s, max %s.\n\n",
 		rep.Machine.GOOS, rep.Machine.GOARCH, rep.Machine.CPUs, rep.Machine.GoVersion,
 		fmtMs(rep.GeneratorLag.P50), fmtMs(rep.GeneratorLag.P99), fmtMs(rep.GeneratorLag.Max))
-	fmt.Fprintln(w, "| contender | stage | offered/s | capacity/s | useful/s | useful share | p50 | p99 | cap (median, min–max) | cap settled after | converged after | refused | dropped | timed out | late | wasted | downstream backlog (max) | generator lag p99 |")
-	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+	fmt.Fprintln(w, "| contender | stage | offered/s | capacity/s | useful/s | useful share | p50 | p99 | cap (median, min–max) | cap settled after | converged after | after 1 s: share, p99, cap max | refused | dropped | timed out | late | wasted | downstream backlog (max) | generator lag p99 |")
+	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, sm := range rep.Summary {
 		m := sm.Median
 		share := fmt.Sprintf("%.0f%%", 100*m.Share)
@@ -483,15 +507,17 @@ func (rep *report) markdown(w io.Writer) {
 		if m.CapMin != m.CapMax {
 			capCell = fmt.Sprintf("%d (%d–%d)", m.CapMedian, m.CapMin, m.CapMax)
 		}
-		fmt.Fprintf(w, "| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %d | %d | %d | %d | %d | %d | %s |\n",
+		late := fmt.Sprintf("%.0f%%, %s, %d", 100*m.LateShare, fmtMs(m.LateP99), m.LateCapMax)
+		fmt.Fprintf(w, "| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %d | %d | %d | %s |\n",
 			sm.Contender, m.Stage, m.OfferedRate, m.Capacity, m.UsefulRate, share, fmtMs(m.P50), p99,
-			capCell, fmtMs(m.CapSettle), conv, m.Refused, m.Dropped, m.TimedOut, m.Late, m.Wasted, m.BacklogMax, fmtMs(m.Lag.P99))
+			capCell, fmtMs(m.CapSettle), conv, late, m.Refused, m.Dropped, m.TimedOut, m.Late, m.Wasted, m.BacklogMax, fmtMs(m.Lag.P99))
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Counts are tasks that arrived in the stage (medians). Useful share: useful tasks a second over the stage's capacity. "+
 		"p50, p99: of useful tasks, from the scheduled arrival to the task's return. "+
 		"Cap settled after: until the cap stayed within a quarter of where it ended. "+
-		"Converged after: until every 500 ms window to the stage's end had at least 80% of the useful tasks the offered rate and the capacity allow. "+
+		"After 1 s: the stage without its first second, where the goals are measured (useful share, p99 of useful tasks, highest cap). "+
+			"Converged after: until every 500 ms window to the stage's end had at least 80% of the useful tasks the offered rate and the capacity allow. "+
 		"Dropped: accepted, then discarded unrun. Timed out: the task's timeout ended it first. Late: succeeded after the useful window. "+
 		"Wasted: calls the downstream served to the end whose task had already timed out or answered too late. "+
 		"Downstream backlog: the most calls seen waiting for a slot, abandoned ones included. "+

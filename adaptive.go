@@ -1,0 +1,210 @@
+package bgpool
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// WithAdaptiveConcurrency lets the pool find its own size: the cap on tasks
+// running at once moves between min and max, starting from New's size
+// clamped to that range, so that a pool sized far above what its tasks'
+// downstream can serve does not overload it. Stats.Workers reports the
+// current cap. The default is a fixed cap.
+//
+// The pool reads how long its tasks run: it lowers the cap when run times
+// rise above the lowest run time of a task that succeeded, raises it while
+// they do not, and does not raise it far beyond what the tasks use. Tasks
+// that fail count with their run time (a timeout is a long run); tasks that
+// never ran (dropped, expired, rejected) are not seen. The package
+// documentation gives the rule. It suits tasks that wait for something
+// shared (a database, an API); a task whose run time does not grow with
+// load, CPU-bound work say, gives it nothing to read: size such a pool to
+// GOMAXPROCS instead.
+//
+// Tune sets the current cap, clamped to [min, max], and the pool goes on
+// from there. min below 1, max below min, or max above MaxWorkers is an
+// error from New.
+func WithAdaptiveConcurrency(min, max int) Option {
+	return optionFunc(func(o *options) error {
+		if min < 1 || max < min || max > MaxWorkers {
+			return fmt.Errorf("bgpool: WithAdaptiveConcurrency(%d, %d): need 1 <= min <= max <= MaxWorkers", min, max)
+		}
+		o.adaptMin, o.adaptMax = min, max
+		return nil
+	})
+}
+
+// WithQueueDelayTarget gives the queue a controlled delay (CoDel): while
+// the tasks taken from the queue have waited longer than target for a whole
+// interval of 100 ms, the pool drops, at the head, every task that waited
+// longer than target, until the queue has emptied. Dropped tasks are
+// counted Dropped (and Stats.Delayed), reported to observers as
+// OutcomeExpired, and end Do, Future and Group calls with ErrDropped. A
+// burst that drains within the interval drops nothing, unlike
+// WithMaxQueueWait, which drops every task that waited too long: a queue
+// that absorbs a burst is doing its job, one that stands only adds delay.
+//
+// The queue stays first in, first out, also while it stands: serving the
+// newest task first would need a second structure beside the channel, a
+// cost on every pool's path. The default, zero, means no target. A target
+// below zero is an error; 5ms is CoDel's usual one.
+func WithQueueDelayTarget(target time.Duration) Option {
+	return optionFunc(func(o *options) error {
+		if target < 0 {
+			return fmt.Errorf("bgpool: WithQueueDelayTarget(%v): target must not be negative", target)
+		}
+		o.delayTarget = target
+		return nil
+	})
+}
+
+// delayInterval is CoDel's interval: how long the queue's delay must stay
+// above the target before the pool drops.
+const delayInterval = 100 * time.Millisecond
+
+// delayMemory is how long after its last drop the queue's delay control
+// drops again as soon as the delay is above target, without waiting for
+// another interval: the standing queue emptied by the drops is the same
+// overload coming back.
+const delayMemory = 10 * delayInterval
+
+// queueDelays measures the queue's delay and, with a target, controls it.
+// All methods are safe for concurrent use; each costs an atomic load or two.
+type queueDelays struct {
+	target time.Duration // zero: measure only
+	last   atomic.Int64  // the wait of the task taken last, for Stats
+	// standing is when the queue's delay rose above target, on the pool's
+	// clock, plus one; zero while it is below, or the queue has emptied.
+	standing atomic.Int64
+	// dropped is when the pool last dropped a task, on its clock, plus
+	// one; zero before the first.
+	dropped atomic.Int64
+}
+
+// keep records that a worker took a task from the queue at now after it
+// waited, and reports whether the task may run. emptied tells whether the
+// queue was empty after it, which ends a standing queue.
+func (q *queueDelays) keep(now, waited time.Duration, emptied bool) bool {
+	q.last.Store(int64(waited))
+	if q.target == 0 {
+		return true
+	}
+	since := q.standing.Load()
+	if since == 0 && waited > q.target {
+		// The queue has stood above target since this task's wait passed
+		// it, which may be long before a worker came for it; if the pool
+		// was dropping a moment ago, the overload it dropped for goes on.
+		if last := q.dropped.Load(); last != 0 && now-time.Duration(last-1) < delayMemory {
+			since = int64(now-delayInterval) + 1
+		} else {
+			since = int64(now-waited+q.target) + 1
+		}
+		if !q.standing.CompareAndSwap(0, since) {
+			since = q.standing.Load()
+		}
+	}
+	dropping := since != 0 && now-time.Duration(since-1) >= delayInterval
+	if emptied || since != 0 && !dropping && waited <= q.target {
+		q.standing.Store(0)
+	}
+	if dropping && waited > q.target {
+		q.dropped.Store(int64(now) + 1)
+		return false
+	}
+	return true
+}
+
+// The controller's constants (see controller.sample).
+const (
+	adaptWindow     = 50 * time.Millisecond // the shortest window
+	adaptMaxWindow  = time.Second           // a window ends with fewer samples after this
+	adaptMinSamples = 8                     // samples a window needs before adaptMaxWindow
+	adaptRiseQuiet  = 5 * time.Second       // how often the lowest run time may rise while the pool is quiet
+	adaptRiseBusy   = 30 * time.Second      // and while it is not
+)
+
+// controller moves a pool's cap (WithAdaptiveConcurrency). Workers feed it
+// the run time of each task they run; every window (50 ms, longer for slow
+// or rare tasks) it sets the cap to
+//
+//	cap × lowest / median + headroom,  at most 2 × used + headroom
+//
+// where median is the window's median run time, lowest the lowest run time
+// of a task that succeeded, headroom √cap (at least 2), and used how many
+// tasks ran at once on average (their run times over the window). Run times
+// that grow with the cap shrink it; flat ones let it grow by the headroom;
+// a pool that uses little of its cap keeps it near what it uses. lowest
+// rises only slowly (by an eighth at most, every 5 s while the pool uses
+// under half its cap, every 30 s otherwise), so that a long overload does
+// not become the new normal, and a downstream that has become slower for
+// good is learnt.
+type controller struct {
+	min, max int
+
+	mu     sync.Mutex // guards the rest; taken once per task that ran
+	begun  time.Duration
+	n      int // samples in the window, some overwritten past len(runs)
+	runs   [64]time.Duration
+	busy   time.Duration // the window's run times, summed
+	winLow time.Duration // the window's lowest run time of a success
+	lowest time.Duration // zero before the first success
+	rose   time.Duration // when lowest last rose
+}
+
+// sample records a task that ran for ran and ended at now (ok: it
+// succeeded) in a pool whose cap is cur. At the end of a window it reports
+// the new cap and true if the cap should change.
+func (c *controller) sample(now, ran time.Duration, ok bool, cur int) (int, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.runs[c.n%len(c.runs)] = ran
+	c.n++
+	c.busy += ran
+	if ok {
+		if c.winLow == 0 || ran < c.winLow {
+			c.winLow = ran
+		}
+		if c.lowest == 0 || ran < c.lowest {
+			c.lowest = ran
+		}
+	}
+	elapsed := now - c.begun
+	if elapsed < max(adaptWindow, 2*c.lowest) || c.n < adaptMinSamples && elapsed < adaptMaxWindow {
+		return 0, false
+	}
+	runs := c.runs[:min(c.n, len(c.runs))]
+	slices.Sort(runs)
+	median := runs[len(runs)/2]
+	used := float64(c.busy) / float64(elapsed)
+	lowest := c.lowest
+	if lowest == 0 { // nothing has succeeded yet: the window's fastest is the best guess
+		lowest = runs[0]
+	}
+	ratio := 1.0
+	if median > lowest {
+		ratio = float64(lowest) / float64(median)
+	}
+	headroom := max(2, math.Sqrt(float64(cur)))
+	next := min(float64(cur)*ratio+headroom, 2*used+headroom)
+	if quiet := used < float64(cur)/2; c.winLow > c.lowest && c.lowest > 0 &&
+		(quiet && now-c.rose >= adaptRiseQuiet || now-c.rose >= adaptRiseBusy) {
+		c.lowest = min(c.winLow, c.lowest+c.lowest/8)
+		c.rose = now
+	}
+	c.begun, c.n, c.busy, c.winLow = now, 0, 0, 0
+	capped := min(max(int(next), c.min), c.max)
+	return capped, capped != cur
+}
+
+// ran feeds the controller a task a worker ran from start (on the pool's
+// clock) to now, and moves the cap when it says so.
+func (p *Pool) ran(start time.Duration, out Outcome) {
+	now := p.now()
+	if next, ok := p.adapt.sample(now, now-start, out == OutcomeCompleted, int(p.workers.Load())); ok {
+		p.setCap(next)
+	}
+}
