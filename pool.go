@@ -46,8 +46,8 @@ const idleTimeout = time.Second
 type Pool struct {
 	// Set by New and read-only after.
 	opts    options
-	queue   chan item // the FIFO queue; its capacity is QueueSize
-	limiter Limiter   // nil without a rate limit
+	queue   chan item    // the FIFO queue; its capacity is QueueSize
+	limiter Limiter      // nil without a rate limit
 	adapt   *controller  // nil without WithAdaptiveConcurrency
 	delays  *queueDelays // nil without WithQueueDelayTarget or WithAdaptiveConcurrency
 	// stamp: tasks need their admission time (WithMaxQueueWait,

@@ -73,7 +73,7 @@ var contenders = []contender{
 		},
 	},
 	{
-		Name: "bgpool-adaptive",
+		Name:  "bgpool-adaptive",
 		Setup: "bgpool-large plus WithAdaptiveConcurrency(1, 256) and WithQueueDelayTarget(5ms)",
 		New: func(c runConfig) (runner, error) {
 			return newBgpool(c.Oversize, bgpool.WithQueueSize(c.Queue), bgpool.WithPolicy(bgpool.Reject),

@@ -517,7 +517,7 @@ func (rep *report) markdown(w io.Writer) {
 		"p50, p99: of useful tasks, from the scheduled arrival to the task's return. "+
 		"Cap settled after: until the cap stayed within a quarter of where it ended. "+
 		"After 1 s: the stage without its first second, where the goals are measured (useful share, p99 of useful tasks, highest cap). "+
-			"Converged after: until every 500 ms window to the stage's end had at least 80% of the useful tasks the offered rate and the capacity allow. "+
+		"Converged after: until every 500 ms window to the stage's end had at least 80% of the useful tasks the offered rate and the capacity allow. "+
 		"Dropped: accepted, then discarded unrun. Timed out: the task's timeout ended it first. Late: succeeded after the useful window. "+
 		"Wasted: calls the downstream served to the end whose task had already timed out or answered too late. "+
 		"Downstream backlog: the most calls seen waiting for a slot, abandoned ones included. "+
