@@ -3,7 +3,6 @@ package bgpool
 import (
 	"context"
 	"runtime/debug"
-	"sync"
 	"sync/atomic"
 )
 
@@ -41,7 +40,7 @@ func (p *Pool) do(ctx context.Context, task Task, kind string, bound bool) error
 	if bound {
 		c.done = make(chan struct{})
 	} else {
-		c.done, c.signal = signals.Get().(chan struct{}), true
+		c.done, c.signal = p.signals.Get().(chan struct{}), true
 	}
 	if err := p.submit(ctx, c, applyPolicy); err != nil {
 		return err
@@ -52,10 +51,14 @@ func (p *Pool) do(ctx context.Context, task Task, kind string, bound bool) error
 	return c.waitDo(ctx)
 }
 
-// signals recycles the channels on which Do's waiter hears that its task
-// ended: one value is sent on each, once, so that it can serve again, and
-// a Do allocates nothing but its record.
-var signals = sync.Pool{New: func() any { return make(chan struct{}, 1) }}
+// newSignal makes a channel on which Do's waiter hears that its task
+// ended. Each pool recycles its own (Pool.signals): one value is sent on
+// each, once, so that it can serve again, and a Do allocates nothing but
+// its record. Per pool, not per process, because a channel belongs to the
+// testing/synctest bubble it was made in: a pool made in a bubble then
+// recycles only channels of that bubble, on which its waiters block
+// durably, and never hands one to code outside it.
+func newSignal() any { return make(chan struct{}, 1) }
 
 // waitDo is Do's wait: until c ends, or ctx does. Shutdown's deadline ends
 // c (for a running task, from the worker's slot), so no channel shared by
@@ -75,7 +78,7 @@ func (c *awaited) waitDo(ctx context.Context) error {
 	} else {
 		<-c.done
 	}
-	signals.Put(c.done)
+	c.pool.signals.Put(c.done)
 	return c.err
 }
 

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -189,4 +190,23 @@ func TestDoAbandonedByShutdown(t *testing.T) {
 	err = receive(t, done, time.Second, "Do did not return at Shutdown's deadline")
 	assert.ErrorIs(t, err, context.DeadlineExceeded, "Do reports the abandonment")
 	assert.ErrorContains(t, err, "shutdown deadline passed")
+}
+
+func TestDoWaitsDurablyInsideASynctestBubble(t *testing.T) {
+	// A Do outside any bubble first: with one process-wide set of recycled
+	// channels, the Do in the bubble below would wait on this call's
+	// channel, which does not belong to the bubble, so its wait would not
+	// be durable and the bubble's clock would never move: a hang.
+	outside := newPool(t, 1)
+	require.NoError(t, outside.Do(context.Background(), noop))
+	synctest.Test(t, func(t *testing.T) {
+		p, err := bgpool.New(1)
+		require.NoError(t, err)
+		require.NoError(t, p.Do(context.Background(), func(context.Context) error {
+			time.Sleep(time.Second) // virtual: only a durable wait lets it pass
+			return nil
+		}))
+		require.NoError(t, p.Shutdown(context.Background()))
+	})
+	require.NoError(t, outside.Do(context.Background(), noop), "and Do outside the bubble goes on")
 }

@@ -83,7 +83,8 @@ type Pool struct {
 	// and has not counted yet (see handOffQueued), for Stats.
 	handingOff atomic.Int64
 	handoffs   handoffs
-	handlers   handlers // requests in a handler behind Middleware, for Serve
+	handlers   handlers  // requests in a handler behind Middleware, for Serve
+	signals    sync.Pool // Do's recycled channels (see newSignal)
 
 	stats counters
 
@@ -194,6 +195,7 @@ func New(size int, opts ...Option) (*Pool, error) {
 		callers: make(map[*slot]struct{}),
 	}
 	p.life.init()
+	p.signals.New = newSignal
 	p.workers.Store(int64(size))
 	p.base, p.cancel = context.WithCancelCause(context.WithValue(context.Background(), poolKey{}, p))
 	return p, nil
