@@ -99,7 +99,7 @@ func histogram(t *testing.T, c prometheus.Collector, name, outcome string) (coun
 }
 
 const gaugesHelp = `
-# HELP bgpool_workers The cap on tasks running at once: the pool's size, or its last Tune.
+# HELP bgpool_workers The current cap on tasks running at once: the pool's size, moved by Tune or WithAdaptiveConcurrency.
 # TYPE bgpool_workers gauge
 # HELP bgpool_running Tasks executing on workers now.
 # TYPE bgpool_running gauge
@@ -123,7 +123,8 @@ var gaugeNames = []string{"bgpool_workers", "bgpool_running", "bgpool_queued", "
 
 // statsNames are the metrics that come from Stats: the gauges and the
 // counters.
-var statsNames = append(gaugeNames[:len(gaugeNames):len(gaugeNames)], "bgpool_tasks_total", "bgpool_requests_shed_total")
+var statsNames = append(gaugeNames[:len(gaugeNames):len(gaugeNames)],
+	"bgpool_queue_delay_seconds", "bgpool_tasks_total", "bgpool_tasks_dropped_total", "bgpool_requests_shed_total")
 
 func TestCollectorReportsAKnownWorkload(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -426,7 +427,7 @@ func TestUnwatchedCollectorReportsOnlyHistograms(t *testing.T) {
 	assert.Equal(t, 4, testutil.CollectAndCount(c, "bgpool_task_duration_seconds"), "one series per outcome of a task that ran")
 
 	newPool(t, c, 2)
-	assert.Equal(t, 4+7+1, testutil.CollectAndCount(c, statsNames...), "after Watch")
+	assert.Equal(t, 5+7+3+1, testutil.CollectAndCount(c, statsNames...), "after Watch")
 
 	c.Watch(nil)
 	assert.Equal(t, 0, testutil.CollectAndCount(c, statsNames...), "after Watch(nil)")
@@ -511,7 +512,7 @@ func TestScrapeOverHTTP(t *testing.T) {
 		assert.Contains(t, lines, want)
 	}
 	assert.Contains(t, lines, `bgpool_requests_shed_total{pool="mail"} 0`)
-	assert.Len(t, lines, 4+7+1+(14+3)+4*(14+3), "every series: gauges, counters, histograms")
+	assert.Len(t, lines, 5+7+3+1+(14+3)+4*(14+3), "every series: gauges, counters, histograms")
 }
 
 func TestTwoPoolsShareARegistry(t *testing.T) {
