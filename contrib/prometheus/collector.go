@@ -20,7 +20,7 @@
 //
 // The metrics, each with a constant pool label naming the pool:
 //
-//	bgpool_workers                gauge      the current cap on tasks running at once, moved by Tune or WithAdaptiveConcurrency (Stats.Workers)
+//	bgpool_workers                gauge      the current cap on tasks running at once (Stats.Workers), moved by Tune or WithAdaptiveConcurrency
 //	bgpool_running                gauge      tasks executing on workers (Stats.Running)
 //	bgpool_queued                 gauge      tasks waiting for a worker (Stats.Queued)
 //	bgpool_queue_capacity         gauge      the queue's capacity (Stats.QueueSize)
@@ -38,8 +38,9 @@
 // dropped for waiting longer than WithMaxQueueWait (Stats.Expired),
 // "queue_delay" those dropped at the head of a standing queue by
 // WithQueueDelayTarget (Stats.Delayed), and "other" the rest (Drop,
-// DropOldest and Spill, a failing Limiter, Job.Do taking a task back); the
-// three add up to the dropped outcome in every scrape.
+// DropOldest and Spill, a failing Limiter, Job.Do taking a task back, a
+// WithAfterResponse handler that panicked); the three add up to the dropped
+// outcome in every scrape.
 //
 // It lives in its own module, github.com/bgpool/bgpool/contrib/prometheus,
 // so that bgpool itself does not depend on the Prometheus client.
