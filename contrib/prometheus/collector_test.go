@@ -99,7 +99,7 @@ func histogram(t *testing.T, c prometheus.Collector, name, outcome string) (coun
 }
 
 const gaugesHelp = `
-# HELP bgpool_workers The cap on tasks running at once: the pool's size, or its last Tune.
+# HELP bgpool_workers The current cap on tasks running at once: the pool's size, moved by Tune or WithAdaptiveConcurrency.
 # TYPE bgpool_workers gauge
 # HELP bgpool_running Tasks executing on workers now.
 # TYPE bgpool_running gauge
@@ -123,7 +123,8 @@ var gaugeNames = []string{"bgpool_workers", "bgpool_running", "bgpool_queued", "
 
 // statsNames are the metrics that come from Stats: the gauges and the
 // counters.
-var statsNames = append(gaugeNames[:len(gaugeNames):len(gaugeNames)], "bgpool_tasks_total", "bgpool_requests_shed_total")
+var statsNames = append(gaugeNames[:len(gaugeNames):len(gaugeNames)],
+	"bgpool_queue_delay_seconds", "bgpool_tasks_total", "bgpool_tasks_dropped_total", "bgpool_requests_shed_total")
 
 func TestCollectorReportsAKnownWorkload(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -419,6 +420,166 @@ func TestCollectorOutcomes(t *testing.T) {
 	}
 }
 
+const droppedHelp = `
+# HELP bgpool_tasks_dropped_total Tasks dropped, by reason: queue_wait (waited longer than WithMaxQueueWait), queue_delay (dropped from a standing queue by WithQueueDelayTarget), or other (policies, a failing limiter, Job.Do).
+# TYPE bgpool_tasks_dropped_total counter
+`
+
+// droppedWant is the exposition of bgpool_tasks_dropped_total for a pool
+// named mail.
+func droppedWant(wait, delay, other uint64) string {
+	return droppedHelp + `
+bgpool_tasks_dropped_total{pool="mail",reason="queue_wait"} ` + strconv.FormatUint(wait, 10) + `
+bgpool_tasks_dropped_total{pool="mail",reason="queue_delay"} ` + strconv.FormatUint(delay, 10) + `
+bgpool_tasks_dropped_total{pool="mail",reason="other"} ` + strconv.FormatUint(other, 10) + `
+`
+}
+
+// value returns the value of the gauge or counter series name that c
+// reports, with label set to want when label is not empty, failing the test
+// when there is no such series.
+func value(t *testing.T, c prometheus.Collector, name, label, want string) float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(c))
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range families {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			got := ""
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label {
+					got = lp.GetValue()
+				}
+			}
+			if label != "" && got != want {
+				continue
+			}
+			switch {
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue()
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	require.Failf(t, "no such series", "%s{%s=%q}", name, label, want)
+	return 0
+}
+
+func TestDroppedReasonQueueWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newCollector(t, "mail")
+		p := newPool(t, c, 1, bgpool.WithQueueSize(1), bgpool.WithMaxQueueWait(time.Second))
+		bg := context.Background()
+
+		// The only worker is busy for 2s: the queued task waits longer than
+		// WithMaxQueueWait and expires when the worker comes for it.
+		require.NoError(t, p.Submit(bg, sleeper(2*time.Second, nil)))
+		require.NoError(t, p.Submit(bg, sleeper(0, nil)))
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+
+		s := p.Stats()
+		require.Equal(t, uint64(1), s.Expired)
+		assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(droppedWant(1, 0, 0)), "bgpool_tasks_dropped_total"))
+		assert.Equal(t, 1.0, value(t, c, "bgpool_tasks_total", "outcome", "dropped"), "the expired task is dropped")
+	})
+}
+
+func TestDroppedReasonQueueDelay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const behind = 10
+		c := newCollector(t, "mail")
+		p := newPool(t, c, 1, bgpool.WithQueueSize(1+behind), bgpool.WithQueueDelayTarget(5*time.Millisecond))
+		bg := context.Background()
+
+		// All submitted at 0 to one worker: the first runs 50ms; the second
+		// starts at 50ms, having waited 50ms, above target for 45ms, less
+		// than the 100ms interval, so it runs, for 200ms; at 250ms the queue
+		// has stood above target for 245ms, and the worker drops the tasks
+		// behind it, every one of which waited 250ms.
+		require.NoError(t, p.Submit(bg, sleeper(50*time.Millisecond, nil)))
+		require.NoError(t, p.Submit(bg, sleeper(200*time.Millisecond, nil)))
+		for range behind {
+			require.NoError(t, p.Submit(bg, sleeper(0, nil)))
+		}
+
+		time.Sleep(100 * time.Millisecond)
+		synctest.Wait()
+		s := p.Stats()
+		require.Equal(t, behind, s.Queued, "the queue stands")
+		require.Equal(t, 50*time.Millisecond, s.QueueDelay)
+		delay := value(t, c, "bgpool_queue_delay_seconds", "", "")
+		assert.Greater(t, delay, 0.0, "bgpool_queue_delay_seconds while the queue stands")
+		assert.Equal(t, s.QueueDelay.Seconds(), delay)
+
+		time.Sleep(time.Second)
+		synctest.Wait()
+		s = p.Stats()
+		require.Positive(t, s.Delayed)
+		assert.Equal(t, uint64(behind), s.Delayed)
+		assert.Equal(t, float64(s.Delayed), value(t, c, "bgpool_tasks_dropped_total", "reason", "queue_delay"))
+		assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(droppedWant(0, s.Delayed, 0)), "bgpool_tasks_dropped_total"))
+		assert.Equal(t, 0, s.Queued)
+		assert.Equal(t, 0.0, value(t, c, "bgpool_queue_delay_seconds", "", ""), "the queue is empty")
+	})
+}
+
+func TestDroppedReasonOther(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newCollector(t, "mail")
+		p := newPool(t, c, 1, bgpool.WithQueueSize(0), bgpool.WithPolicy(bgpool.Drop))
+		bg := context.Background()
+
+		// The only worker is busy and there is no queue: Drop discards the
+		// second task.
+		require.NoError(t, p.Submit(bg, sleeper(time.Second, nil)))
+		synctest.Wait()
+		require.NoError(t, p.Submit(bg, sleeper(0, nil)))
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+
+		s := p.Stats()
+		require.Equal(t, uint64(1), s.Dropped)
+		assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(droppedWant(0, 0, 1)), "bgpool_tasks_dropped_total"))
+	})
+}
+
+func TestWorkersFollowsAdaptiveConcurrency(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const size = 4
+		c := newCollector(t, "mail")
+		p := newPool(t, c, size, bgpool.WithQueueSize(1000), bgpool.WithAdaptiveConcurrency(1, 64))
+		bg := context.Background()
+
+		// A queue of tasks that run 10ms whatever the cap: the pool is
+		// saturated and run times stay flat, so the cap grows.
+		for range 1000 {
+			require.NoError(t, p.Submit(bg, sleeper(10*time.Millisecond, nil)))
+		}
+		time.Sleep(500 * time.Millisecond)
+		synctest.Wait()
+		s := p.Stats()
+		require.NotEqual(t, size, s.Workers, "the cap moved")
+		assert.Equal(t, float64(s.Workers), value(t, c, "bgpool_workers", "", ""), "while the pool is busy")
+
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		s = p.Stats()
+		require.Zero(t, s.Queued)
+		assert.Equal(t, float64(s.Workers), value(t, c, "bgpool_workers", "", ""), "once the pool is quiet")
+		assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(`
+# HELP bgpool_workers The current cap on tasks running at once: the pool's size, moved by Tune or WithAdaptiveConcurrency.
+# TYPE bgpool_workers gauge
+bgpool_workers{pool="mail"} `+strconv.Itoa(s.Workers)+`
+`), "bgpool_workers"), "the help says the cap moves")
+	})
+}
+
 func TestUnwatchedCollectorReportsOnlyHistograms(t *testing.T) {
 	c := newCollector(t, "mail")
 	assert.Equal(t, 0, testutil.CollectAndCount(c, statsNames...), "before Watch")
@@ -426,7 +587,7 @@ func TestUnwatchedCollectorReportsOnlyHistograms(t *testing.T) {
 	assert.Equal(t, 4, testutil.CollectAndCount(c, "bgpool_task_duration_seconds"), "one series per outcome of a task that ran")
 
 	newPool(t, c, 2)
-	assert.Equal(t, 4+7+1, testutil.CollectAndCount(c, statsNames...), "after Watch")
+	assert.Equal(t, 5+7+3+1, testutil.CollectAndCount(c, statsNames...), "after Watch")
 
 	c.Watch(nil)
 	assert.Equal(t, 0, testutil.CollectAndCount(c, statsNames...), "after Watch(nil)")
@@ -511,7 +672,7 @@ func TestScrapeOverHTTP(t *testing.T) {
 		assert.Contains(t, lines, want)
 	}
 	assert.Contains(t, lines, `bgpool_requests_shed_total{pool="mail"} 0`)
-	assert.Len(t, lines, 4+7+1+(14+3)+4*(14+3), "every series: gauges, counters, histograms")
+	assert.Len(t, lines, 5+7+3+1+(14+3)+4*(14+3), "every series: gauges, counters, histograms")
 }
 
 func TestTwoPoolsShareARegistry(t *testing.T) {

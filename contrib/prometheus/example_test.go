@@ -64,6 +64,9 @@ func Example() {
 	// bgpool_queued{pool="mail"} 0
 	// bgpool_requests_shed_total{pool="mail"} 0
 	// bgpool_running{pool="mail"} 0
+	// bgpool_tasks_dropped_total{pool="mail",reason="other"} 0
+	// bgpool_tasks_dropped_total{pool="mail",reason="queue_delay"} 0
+	// bgpool_tasks_dropped_total{pool="mail",reason="queue_wait"} 0
 	// bgpool_tasks_total{outcome="abandoned",pool="mail"} 0
 	// bgpool_tasks_total{outcome="completed",pool="mail"} 2
 	// bgpool_tasks_total{outcome="dropped",pool="mail"} 0
