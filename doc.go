@@ -87,6 +87,27 @@
 // so Submit never waits for the limiter and a slow limiter (a network
 // round trip) holds up a worker, never a lock.
 //
+// # Overload control
+//
+// A pool's size is a guess, and one far too large overloads what its tasks
+// call: every call waits longer, tasks time out while holding the
+// downstream, and useful work collapses. WithAdaptiveConcurrency lets the
+// pool find its size from its tasks' run times, the way TCP Vegas and
+// Netflix's gradient limiter find a window from round trips: every 50 ms
+// (longer when tasks are slow or rare) the cap becomes
+// cap × lowest run time / median run time + √cap, so run times that grow
+// with the cap bring it down and flat ones let it grow, but never far
+// beyond what the tasks use. Only tasks that ran are read; the lowest run
+// time is a success's, and it rises only slowly, so that a long overload
+// does not become the baseline. WithQueueDelayTarget keeps the queue from
+// standing, after CoDel and Facebook's controlled-delay queue: once the
+// tasks taken from the queue have waited longer than the target for 100 ms,
+// those that waited longer are dropped at the head until the queue empties,
+// so a burst that drains in time loses nothing and a standing queue adds no
+// more than the target to any task's latency. Without either option none
+// of this costs anything; the benchmarks module's overload benchmark
+// measures both against fixed pools and failsafe-go's adaptive limiter.
+//
 // # Bad input
 //
 // Bad input is an error wherever a function returns one: New, Submit,
@@ -141,7 +162,7 @@
 // # Observability
 //
 // Stats is a snapshot of gauges and counters, requests shed with 503
-// included; StatsHandler serves it as JSON, Expvar publishes it with
+// included, the current cap and the queue's delay; StatsHandler serves it as JSON, Expvar publishes it with
 // expvar, and WithObserver reports each task's outcome, queue wait and run
 // time, for histograms (see the contrib/prometheus module).
 package bgpool

@@ -169,3 +169,32 @@ func ExampleWithLimiter() {
 	// error handler: bgpool: rate limiter failed; task dropped: quota spent
 	// completed: 2 dropped: 1
 }
+
+// A pool for tasks that call a database whose capacity nobody measured:
+// the cap starts at 64 and finds its own level between 1 and 64 from the
+// tasks' run times, and the queue drops at its head what has waited past
+// 5ms once a queue stands, so a task either starts soon or not at all.
+func ExampleWithAdaptiveConcurrency() {
+	p, err := bgpool.New(256, // New's size, clamped to the bounds: 64
+		bgpool.WithAdaptiveConcurrency(1, 64),
+		bgpool.WithQueueDelayTarget(5*time.Millisecond),
+		bgpool.WithQueueSize(1024),
+		bgpool.WithPolicy(bgpool.Reject),
+		bgpool.WithTaskTimeout(time.Second),
+	)
+	if err != nil {
+		panic(err)
+	}
+	defer p.Shutdown(context.Background())
+	fmt.Println("cap:", p.Stats().Workers)
+
+	p.Tune(100) // Tune moves the cap too, within the bounds
+	fmt.Println("cap after Tune(100):", p.Stats().Workers)
+
+	_, err = bgpool.New(8, bgpool.WithAdaptiveConcurrency(8, 4))
+	fmt.Println(err)
+	// Output:
+	// cap: 64
+	// cap after Tune(100): 64
+	// bgpool: WithAdaptiveConcurrency(8, 4): need 1 <= min <= max <= MaxWorkers
+}

@@ -49,7 +49,7 @@ type Pool struct {
 	queue   chan item    // the FIFO queue; its capacity is QueueSize
 	limiter Limiter      // nil without a rate limit
 	adapt   *controller  // nil without WithAdaptiveConcurrency
-	delays  *queueDelays // nil without WithQueueDelayTarget or WithAdaptiveConcurrency
+	delays  *queueDelays // nil without WithQueueDelayTarget
 	// stamp: tasks need their admission time (WithMaxQueueWait,
 	// WithObserver, WithTaskWrapper).
 	stamp bool
@@ -178,7 +178,7 @@ func New(size int, opts ...Option) (*Pool, error) {
 		adapt = &controller{min: o.adaptMin, max: o.adaptMax}
 		size = min(max(size, o.adaptMin), o.adaptMax)
 	}
-	if adapt != nil || o.delayTarget > 0 {
+	if o.delayTarget > 0 {
 		delays = &queueDelays{target: o.delayTarget}
 	}
 	stamp := o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil || delays != nil

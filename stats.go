@@ -17,7 +17,7 @@ import (
 // in Waiting while it waits, and in Submitted once its task is admitted or
 // refused.
 type Stats struct {
-	Workers   int // the cap on tasks running at once on workers: New's size, or the last Tune
+	Workers   int // the cap on tasks running at once on workers: New's size, the last Tune, or where WithAdaptiveConcurrency has moved it
 	Running   int // tasks executing, or handed to a worker and about to: on workers, and on submitters through CallerRuns (Overflow.Run)
 	Queued    int // tasks in the queue, tasks a worker has taken that wait for a rate-limit token, and Jobs Shutdown is handing off
 	QueueSize int // the queue's capacity
@@ -39,8 +39,7 @@ type Stats struct {
 
 	// QueueDelay is how long the task a worker took last had waited in the
 	// queue, the queue's delay now; zero while the queue is empty. It is
-	// measured only with WithQueueDelayTarget or WithAdaptiveConcurrency,
-	// and zero otherwise.
+	// measured only with WithQueueDelayTarget, and zero otherwise.
 	QueueDelay time.Duration
 
 	Shed uint64 // requests answered 503 by Middleware's WithShedding; requests, not tasks, so not part of the sum above

@@ -30,6 +30,10 @@ type slot struct {
 	// the task never does. It may be stale, an awaited that has ended:
 	// ending one again does nothing.
 	waiter atomic.Pointer[awaited]
+	// sampling counts down the tasks the controller does not time after a
+	// short one (see timed); the owner's alone.
+	sampling uint8
+	long     bool // the last timed task ran for longShot or longer
 }
 
 const (
@@ -487,26 +491,28 @@ var errLimiterGoexit = errors.New("bgpool: rate limiter called runtime.Goexit; t
 var errGoexit = errors.New("bgpool: task called runtime.Goexit")
 
 // run is a worker's part of the hot path: mark the task running, run it,
-// and settle it. Pools with a rate limit or a maximum queue wait pass
-// through gate first.
+// and settle it. Pools with a rate limit, a maximum queue wait or a queue
+// delay target pass through gate first; with WithAdaptiveConcurrency the
+// controller reads the task's run time (see timed).
 func (p *Pool) run(s *slot, it item) {
+	var start time.Duration // when the task started, if timed
 	if p.limiter != nil || p.opts.maxQueueWait > 0 || p.delays != nil {
 		if c := it.waiter(); c != nil {
 			s.waiter.Store(c) // before the slot leaves idle, as in claim
 		}
-		if !p.gate(s, &it) || !p.claimAwaited(s, &it) {
+		if !p.gate(s, &it, &start) || !p.claimAwaited(s, &it) {
 			return
 		}
 	} else if !p.claim(s, &it, false) {
 		return
 	}
-	var start time.Duration
-	if p.adapt != nil {
+	timed := p.adapt != nil && s.timed()
+	if timed && start == 0 {
 		start = p.now()
 	}
 	out, ran, err := p.execute(it, true)
-	if p.adapt != nil {
-		p.ran(start, out)
+	if timed {
+		p.ran(s, start, out)
 	}
 	p.finish(s, it, out, report{queued: true, started: true, at: it.at, ran: ran, err: err})
 }
@@ -552,7 +558,9 @@ func (p *Pool) finish(s *slot, it item, out Outcome, r report) {
 // reports false when it has settled the task instead. While the task waits
 // for its token, s is holding: Stats counts it Queued, and Shutdown's
 // deadline abandons it (cancelling the wait).
-func (p *Pool) gate(s *slot, it *item) bool {
+//
+// When gate reads the clock, it stores the time in *now, for run.
+func (p *Pool) gate(s *slot, it *item, now *time.Duration) bool {
 	if !s.state.CompareAndSwap(slotIdle, slotHolding) && !s.state.CompareAndSwap(slotStarting, slotHolding) {
 		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at}) // a first task abandoned as its loop started
 		return false
@@ -562,17 +570,18 @@ func (p *Pool) gate(s *slot, it *item) bool {
 		return false
 	}
 	if p.opts.maxQueueWait > 0 || p.delays != nil {
-		now := p.now()
-		if p.opts.maxQueueWait > 0 && now-it.at > p.opts.maxQueueWait {
+		*now = p.now()
+		if p.opts.maxQueueWait > 0 && *now-it.at > p.opts.maxQueueWait {
 			p.finish(s, *it, OutcomeExpired, report{queued: true, at: it.at})
 			return false
 		}
-		if p.delays != nil && !p.delays.keep(now, now-it.at, len(p.queue) == 0) {
+		if p.delays != nil && !p.delays.keep(*now, *now-it.at, len(p.queue) == 0) {
 			p.finish(s, *it, outcomeDelayed, report{queued: true, at: it.at})
 			return false
 		}
 	}
 	if p.limiter != nil {
+		*now = 0 // the token may take a while: the task starts later
 		s.held = *it
 		err := p.waitToken()
 		s.held = item{}

@@ -244,8 +244,13 @@ func openBgpool(variant string) func(testing.TB, int, int, func()) runner {
 		if queue != 0 {
 			opts = append(opts, bgpool.WithQueueSize(queue))
 		}
-		if variant == "timeout-ratelimit" {
+		switch variant {
+		case "timeout-ratelimit":
 			opts = append(opts, bgpool.WithTaskTimeout(time.Minute), bgpool.WithRateLimit(rate.Inf, 1))
+		case "overload-control": // the cap free to move: empty tasks bring it down
+			opts = append(opts, bgpool.WithAdaptiveConcurrency(1, workers), bgpool.WithQueueDelayTarget(time.Hour)) // a target no task reaches: every task runs, each through the delay control's path
+		case "overload-control-fixed": // the bookkeeping alone: bounds that hold the cap
+			opts = append(opts, bgpool.WithAdaptiveConcurrency(workers, workers), bgpool.WithQueueDelayTarget(time.Hour))
 		}
 		p, err := bgpool.New(workers, opts...)
 		if err != nil {
@@ -349,6 +354,8 @@ var submitterContenders = []contender{
 	{"ants", openAnts},
 	{"bgpool", openBgpool("")},
 	{"bgpool-timeout-ratelimit", openBgpool("timeout-ratelimit")},
+	{"bgpool-overload-control", openBgpool("overload-control")},
+	{"bgpool-overload-control-fixed", openBgpool("overload-control-fixed")},
 	{"pond", openPond(true)},
 }
 

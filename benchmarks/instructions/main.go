@@ -18,7 +18,7 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "bgpool", "channel, bgpool, bgpool-timeout, channel-do or do")
+	mode := flag.String("mode", "bgpool", "channel, bgpool, bgpool-timeout, bgpool-overload, channel-do or do")
 	n := flag.Int("n", 100_000, "tasks to run")
 	workers := flag.Int("workers", 64, "workers")
 	queue := flag.Int("queue", 1024, "queue size")
@@ -70,10 +70,13 @@ func run(mode string, n, workers, queue int) error {
 		close(ch)
 		done.Wait()
 		return nil
-	case "bgpool", "bgpool-timeout":
+	case "bgpool", "bgpool-timeout", "bgpool-overload":
 		opts := []bgpool.Option{bgpool.WithQueueSize(queue)}
-		if mode == "bgpool-timeout" {
+		switch mode {
+		case "bgpool-timeout":
 			opts = append(opts, bgpool.WithTaskTimeout(time.Minute), bgpool.WithRateLimit(rate.Inf, 1))
+		case "bgpool-overload": // both overload options
+			opts = append(opts, bgpool.WithAdaptiveConcurrency(1, workers), bgpool.WithQueueDelayTarget(time.Hour)) // a target no task reaches: every task runs, each through the delay control's path
 		}
 		p, err := bgpool.New(workers, opts...)
 		if err != nil {
