@@ -131,7 +131,7 @@ const (
 //	cap × lowest / median + headroom,  at most 2 × used + headroom
 //
 // where median is the window's median run time, lowest the lowest run time
-// of a task that succeeded, headroom √cap (at least 2), and used how many
+// of a task that succeeded, headroom 1.5 √cap (at least 3), and used how many
 // tasks ran at once on average (their run times over the window). Run times
 // that grow with the cap shrink it; flat ones let it grow by the headroom;
 // a pool that uses little of its cap keeps it near what it uses. lowest
@@ -185,7 +185,7 @@ func (c *controller) sample(now, ran time.Duration, weight int, ok bool, cur int
 	if median > lowest {
 		ratio = float64(lowest) / float64(median)
 	}
-	headroom := max(2, math.Sqrt(float64(cur)))
+	headroom := max(3, 1.5*math.Sqrt(float64(cur)))
 	next := min(float64(cur)*ratio+headroom, 2*used+headroom)
 	if quiet := used < float64(cur)/2; c.winLow > c.lowest && c.lowest > 0 &&
 		(quiet && now-c.rose >= adaptRiseQuiet || now-c.rose >= adaptRiseBusy) {

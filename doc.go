@@ -95,7 +95,7 @@
 // pool find its size from its tasks' run times, the way TCP Vegas and
 // Netflix's gradient limiter find a window from round trips: every 50 ms
 // (longer when tasks are slow or rare) the cap becomes
-// cap × lowest run time / median run time + √cap, so run times that grow
+// cap × lowest run time / median run time + 1.5 √cap, so run times that grow
 // with the cap bring it down and flat ones let it grow, but never far
 // beyond what the tasks use. Only tasks that ran are read; the lowest run
 // time is a success's, and it rises only slowly, so that a long overload
