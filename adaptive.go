@@ -76,7 +76,7 @@ const delayMemory = 10 * delayInterval
 // safe for concurrent use; each costs an atomic load or two.
 type queueDelays struct {
 	target time.Duration
-	last   atomic.Int64  // the wait of the task taken last, for Stats
+	last   atomic.Int64 // the wait of the task taken last, for Stats
 	// standing is when the queue's delay rose above target, on the pool's
 	// clock, plus one; zero while it is below, or the queue has emptied.
 	standing atomic.Int64
