@@ -299,3 +299,23 @@ func TestQueueDelayTargetRefusesANegativeTarget(t *testing.T) {
 	_, err := bgpool.New(1, bgpool.WithQueueDelayTarget(-time.Millisecond))
 	assert.ErrorContains(t, err, "WithQueueDelayTarget")
 }
+
+func TestQueueDelayTargetDropsNothingWhileShutdownDrains(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// 50 tasks of 10ms queued on one worker: a standing queue for
+		// 500ms. Shutdown's drain runs them all; its deadline, not the
+		// delay target, decides what is too late.
+		p, err := bgpool.New(1, bgpool.WithQueueDelayTarget(5*time.Millisecond), bgpool.WithQueueSize(64))
+		require.NoError(t, err)
+		for range 50 {
+			require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+				time.Sleep(10 * time.Millisecond)
+				return nil
+			}))
+		}
+		require.NoError(t, p.Shutdown(context.Background()))
+		s := p.Stats()
+		assert.Equal(t, uint64(50), s.Completed)
+		assert.Zero(t, s.Dropped)
+	})
+}

@@ -80,7 +80,8 @@
 // them: admit.go (Submit's path), worker.go (the workers), policy.go (the
 // policies and every Overflow action), stats.go (the funnel and Stats),
 // lifecycle.go (the phases), shutdown.go (Shutdown), handoff.go (Jobs
-// leaving the process) and ants.go (the two calls bgpool makes into ants).
+// leaving the process), adaptive.go (overload control) and ants.go (the
+// two calls bgpool makes into ants).
 //
 // With a rate limit (WithRateLimit, or a Limiter of your own with
 // WithLimiter) a worker takes the next task and then waits for its token,

@@ -575,7 +575,9 @@ func (p *Pool) gate(s *slot, it *item, now *time.Duration) bool {
 			p.finish(s, *it, OutcomeExpired, report{queued: true, at: it.at})
 			return false
 		}
-		if p.delays != nil && !p.delays.keep(*now, *now-it.at, len(p.queue) == 0) {
+		// Shutdown's drain drops nothing for its delay: its deadline
+		// decides what is too late.
+		if p.delays != nil && !p.delays.keep(*now, *now-it.at, len(p.queue) == 0) && !p.closing() {
 			p.finish(s, *it, outcomeDelayed, report{queued: true, at: it.at})
 			return false
 		}
