@@ -95,7 +95,11 @@ type queueDelays struct {
 // waited, and reports whether the task may run. emptied tells whether the
 // queue was empty after it, which ends a standing queue.
 func (q *queueDelays) keep(now, waited time.Duration, emptied bool) bool {
-	q.last.Store(int64(waited))
+	// One line written by every worker: written only when the delay is
+	// worth showing, an eighth of the target or more, or was.
+	if small := q.target / 8; waited >= small || time.Duration(q.last.Load()) >= small {
+		q.last.Store(int64(waited))
+	}
 	since := q.standing.Load()
 	if since == 0 && waited > q.target {
 		// The queue has stood above target since this task's wait passed

@@ -38,8 +38,9 @@ type Stats struct {
 	Delayed uint64 // tasks dropped at the head of a standing queue by WithQueueDelayTarget
 
 	// QueueDelay is how long the task a worker took last had waited in the
-	// queue, the queue's delay now; zero while the queue is empty. It is
-	// measured only with WithQueueDelayTarget, and zero otherwise.
+	// queue, the queue's delay now, to within an eighth of the target; zero
+	// while the queue is empty. It is measured only with
+	// WithQueueDelayTarget, and zero otherwise.
 	QueueDelay time.Duration
 
 	Shed uint64 // requests answered 503 by Middleware's WithShedding; requests, not tasks, so not part of the sum above
