@@ -7,7 +7,6 @@ import (
 	"math"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -572,7 +571,7 @@ type typedNilPolicy struct{}
 func (*typedNilPolicy) Overflow(_ context.Context, o *bgpool.Overflow) error { return o.Reject() }
 
 // A nil argument is caught where it is passed: New refuses a typed nil
-// policy, and Expvar panics at once on a nil pool with a "bgpool:" message.
+// policy. (Expvar's nil pool: TestExpvarPanicsAtOnceOnANilPoolWithABgpoolMessage.)
 func TestNilArgumentsAreCaughtAtTheCall(t *testing.T) {
 	t.Run("New refuses a typed nil policy", func(t *testing.T) {
 		p, err := bgpool.New(1, bgpool.WithPolicy((*typedNilPolicy)(nil)))
@@ -581,16 +580,5 @@ func TestNilArgumentsAreCaughtAtTheCall(t *testing.T) {
 		}
 		assert.True(t, p == nil, "New returned a pool")
 		assert.Error(t, err)
-	})
-
-	t.Run("Expvar panics at once on a nil pool", func(t *testing.T) {
-		var recovered any
-		func() {
-			defer func() { recovered = recover() }()
-			_ = bgpool.Expvar(nil)
-		}()
-		require.NotNil(t, recovered, "Expvar(nil) did not panic")
-		assert.True(t, strings.HasPrefix(fmt.Sprint(recovered), "bgpool:"),
-			"got panic %q, want one starting with %q", fmt.Sprint(recovered), "bgpool:")
 	})
 }
