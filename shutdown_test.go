@@ -171,20 +171,21 @@ func TestShutdownConcurrentCallsAllWait(t *testing.T) {
 	}
 }
 
-func TestShutdownFromInsideATaskDoesNotDeadlock(t *testing.T) {
+// Shutdown called from one of the pool's own tasks does not deadlock: it
+// returns nil without waiting for its caller, the pool refuses tasks from
+// then on, every one of the pool's goroutines exits once the task returns,
+// with no other Shutdown, and a later Shutdown returns nil.
+func TestShutdownFromInsideATaskReturnsNilAndLeavesNoGoroutine(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
 	p := newPool(t, 1, bgpool.WithQueueSize(2))
 	returned := make(chan error, 1)
 	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
 		returned <- p.Shutdown(ctx)
 		return nil
 	}))
-	select {
-	case err := <-returned:
-		assert.NoError(t, err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("Shutdown called from a task did not return")
-	}
+	assert.NoError(t, receive(t, returned, 5*time.Second, "Shutdown called from a task did not return"))
 	assert.ErrorIs(t, p.Submit(context.Background(), noop), bgpool.ErrClosed)
+	verifyNoLeak(t, opt)
 	shutdown(t, p)
 }
 
@@ -461,23 +462,6 @@ func TestShutdownAccountsForCallerRunTasks(t *testing.T) {
 		assert.Equal(t, uint64(1), s.Rejected)
 		assertBalanced(t, s)
 	})
-}
-
-// Shutdown called from one of the pool's own tasks returns, and once it
-// has, none of the pool's goroutines is left.
-func TestShutdownFromInsideATaskLeavesNoGoroutine(t *testing.T) {
-	opt := goleak.IgnoreCurrent()
-	p, err := bgpool.New(1)
-	require.NoError(t, err)
-	t.Cleanup(func() { stopPool(p) })
-
-	shut := make(chan error, 1)
-	require.NoError(t, p.Submit(context.Background(), func(ctx context.Context) error {
-		shut <- p.Shutdown(ctx)
-		return nil
-	}))
-	assert.NoError(t, receive(t, shut, 2*time.Second, "Shutdown called from a task did not return"))
-	verifyNoLeak(t, opt)
 }
 
 // Shutdown with a context that is already done returns nil when nothing is
