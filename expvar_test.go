@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -44,6 +45,16 @@ func TestExpvarPublishesStatsUnderTheChosenName(t *testing.T) {
 
 var expvarRuns atomic.Int64
 
-func TestExpvarPanicsAtOnceOnANilPool(t *testing.T) {
-	assert.PanicsWithValue(t, "bgpool: Expvar: nil pool", func() { bgpool.Expvar(nil) })
+// Expvar(nil) panics at once, in the call rather than when the variable is
+// read, with a message that starts with "bgpool:" and names Expvar.
+func TestExpvarPanicsAtOnceOnANilPoolWithABgpoolMessage(t *testing.T) {
+	var recovered any
+	func() {
+		defer func() { recovered = recover() }()
+		_ = bgpool.Expvar(nil)
+	}()
+	require.NotNil(t, recovered, "Expvar(nil) did not panic")
+	assert.True(t, strings.HasPrefix(fmt.Sprint(recovered), "bgpool:"),
+		"got panic %q, want one starting with %q", fmt.Sprint(recovered), "bgpool:")
+	assert.Equal(t, "bgpool: Expvar: nil pool", recovered)
 }

@@ -7,7 +7,6 @@ import (
 	"math"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -438,9 +437,13 @@ func TestAccountingInvariantUnderConcurrentLoadWithShutdown(t *testing.T) {
 			if err := p.Shutdown(context.Background()); err != nil {
 				assert.ErrorContains(t, err, "abandoned by an earlier Shutdown")
 			}
-			s := p.Stats()
+			// A Shutdown that repeats an abandonment does not wait: a task
+			// between two places as the pool was abandoned can be missing
+			// from Submitted (counted Waiting; see Pool.Stats) until it
+			// settles.
+			s := waitStats(t, p, func(s bgpool.Stats) bool { return s.Waiting == 0 })
 			assert.Equal(t, submitted.Load(), s.Submitted)
-			assert.Equal(t, s.Submitted, s.Ended(), "Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned+HandedOff: %+v", s)
+			assertBalanced(t, s, "once drained")
 			assert.Zero(t, s.Running)
 			assert.Zero(t, s.Queued)
 		})
@@ -473,7 +476,8 @@ func TestATaskHandedToAStartingWorkerIsCountedAtOnce(t *testing.T) {
 	}
 	s := p.Stats()
 	assert.Equal(t, uint64(200), s.Submitted, "%+v", s)
-	assert.Equal(t, 200, s.Queued+s.Running, "%+v", s)
+	assert.Zero(t, s.Ended(), "no task has ended: %+v", s)
+	assertBalanced(t, s, "every task is Queued or Running at once")
 	assert.Equal(t, 0, s.Waiting, "%+v", s)
 	g.open()
 }
@@ -571,7 +575,7 @@ type typedNilPolicy struct{}
 func (*typedNilPolicy) Overflow(_ context.Context, o *bgpool.Overflow) error { return o.Reject() }
 
 // A nil argument is caught where it is passed: New refuses a typed nil
-// policy, and Expvar panics at once on a nil pool with a "bgpool:" message.
+// policy. (Expvar's nil pool: TestExpvarPanicsAtOnceOnANilPoolWithABgpoolMessage.)
 func TestNilArgumentsAreCaughtAtTheCall(t *testing.T) {
 	t.Run("New refuses a typed nil policy", func(t *testing.T) {
 		p, err := bgpool.New(1, bgpool.WithPolicy((*typedNilPolicy)(nil)))
@@ -580,16 +584,5 @@ func TestNilArgumentsAreCaughtAtTheCall(t *testing.T) {
 		}
 		assert.True(t, p == nil, "New returned a pool")
 		assert.Error(t, err)
-	})
-
-	t.Run("Expvar panics at once on a nil pool", func(t *testing.T) {
-		var recovered any
-		func() {
-			defer func() { recovered = recover() }()
-			_ = bgpool.Expvar(nil)
-		}()
-		require.NotNil(t, recovered, "Expvar(nil) did not panic")
-		assert.True(t, strings.HasPrefix(fmt.Sprint(recovered), "bgpool:"),
-			"got panic %q, want one starting with %q", fmt.Sprint(recovered), "bgpool:")
 	})
 }

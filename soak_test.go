@@ -106,7 +106,7 @@ func TestSoak(t *testing.T) {
 
 		s := sp.p.Stats()
 		assert.Equal(t, sp.calls.Load(), s.Submitted, "%s: Submitted: got %d, want the number of calls", sp.name, s.Submitted)
-		assert.Equal(t, s.Submitted, s.Ended(), "%s: Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned+HandedOff: %+v", sp.name, s)
+		assertBalanced(t, s, sp.name)
 		assert.Zero(t, s.Running, sp.name)
 		assert.Zero(t, s.Queued, sp.name)
 		if sp.capped {

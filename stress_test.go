@@ -164,7 +164,7 @@ func TestSubmitRacingShutdownFromManyGoroutines(t *testing.T) {
 
 			s := p.Stats()
 			assert.Equal(t, uint64(goroutines*perGoroutine), s.Submitted)
-			assert.Equal(t, s.Submitted, s.Ended(), "Submitted = Completed+Failed+Panicked+Dropped+Rejected+Abandoned+HandedOff: %+v", s)
+			assertBalanced(t, s, "once shut down")
 			assert.Equal(t, nils, s.Completed+s.Dropped, "Submit returned nil: the task completed or was dropped")
 			assert.Equal(t, overloaded+closed, s.Rejected, "Submit returned an error: the task was rejected")
 			assert.Zero(t, s.Abandoned)
