@@ -225,6 +225,38 @@ func (s *slot) timed() bool {
 	return false
 }
 
+// control is overload control on the workers' fast path, before the
+// claim: it drops a task that WithQueueDelayTarget drops, settling it and
+// reporting false, and stores in s.start when a task the controller times
+// starts. A task is dropped from the worker's hands, its slot still idle,
+// where Shutdown's deadline does not look; once Shutdown has begun nothing
+// is dropped.
+func (p *Pool) control(s *slot, it *item) bool {
+	var now time.Duration
+	if p.delays != nil && !p.closing() {
+		now = p.now()
+		if !p.delays.keep(now, now-it.at, len(p.queue) == 0) {
+			p.settle(outcomeDelayed, report{wait: it.waiter(), queued: true, at: it.at})
+			return false
+		}
+	}
+	if p.adapt != nil && s.timed() {
+		if now == 0 {
+			now = p.now()
+		}
+		s.start = now
+	}
+	return true
+}
+
+// outcomeOf is the outcome of a task of the fast path that returned err.
+func outcomeOf(err error) Outcome {
+	if err != nil {
+		return OutcomeFailed
+	}
+	return OutcomeCompleted
+}
+
 // ran feeds the controller a task that ran in s from start (on the pool's
 // clock) to now, and moves the cap when it says so.
 func (p *Pool) ran(s *slot, start time.Duration, out Outcome) {

@@ -65,8 +65,8 @@ func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 		return p.reject(ErrClosed)
 	}
 	it := item{ctx: ctx, run: run}
-	if p.stamp {
-		it.at = p.now()
+	if p.tagged {
+		p.tag(&it)
 	}
 	select {
 	case p.queue <- it: // admitted: a parked worker has it, or it waits in the queue
@@ -80,6 +80,28 @@ func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 		return p.overflow(ctx, it, mode)
 	}
 }
+
+// tag stamps it with its admission time (p.stamp), and marks a plain
+// Task of a pool with overload control, so that the workers' fast path
+// passes it through control (see claim).
+func (p *Pool) tag(it *item) {
+	if p.stamp {
+		it.at = p.now()
+	}
+	if p.route == routeControlled {
+		if t, ok := it.run.(Task); ok {
+			it.run = controlledTask(t)
+		}
+	}
+}
+
+// A controlledTask is a plain Task of a pool with overload control: a type
+// of its own, so that the workers' fast path, which runs plain Tasks
+// without looking further, gives it to claim. Like a Task it is
+// pointer-shaped, and making it a runner allocates nothing.
+type controlledTask Task
+
+func (t controlledTask) run(ctx context.Context) error { return t(ctx) }
 
 func badSubmit(ctx context.Context) error {
 	if ctx == nil {

@@ -51,18 +51,21 @@ type Pool struct {
 	adapt   *controller  // nil without WithAdaptiveConcurrency
 	delays  *queueDelays // nil without WithQueueDelayTarget
 	// stamp: tasks need their admission time (WithMaxQueueWait,
-	// WithObserver, WithTaskWrapper).
+	// WithObserver, WithTaskWrapper, WithQueueDelayTarget).
 	stamp bool
 	// block: the policy is Block, so submit waits without an Overflow (see
 	// isBlock).
 	block bool
-	// guarded: tasks run through run, not the workers' fast path (see
-	// runTasks).
-	guarded bool
-	epoch   time.Time       // the origin of the pool's clock (see now)
-	base    context.Context // parent of every task's cancellation
-	cancel  context.CancelCauseFunc
-	life    lifecycle // the signals of the phases (see phase)
+	// route: whether tasks take the workers' fast path (see runTasks),
+	// run through run, or pass through overload control first.
+	route route
+	// tagged: submit stamps tasks or marks them for overload control
+	// (see tag).
+	tagged bool
+	epoch  time.Time       // the origin of the pool's clock (see now)
+	base   context.Context // parent of every task's cancellation
+	cancel context.CancelCauseFunc
+	life   lifecycle // the signals of the phases (see phase)
 
 	// Read on every task, written rarely: they share a cache line.
 	workers atomic.Int64  // the size cap
@@ -181,7 +184,8 @@ func New(size int, opts ...Option) (*Pool, error) {
 	if o.delayTarget > 0 {
 		delays = &queueDelays{target: o.delayTarget}
 	}
-	stamp := o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil || delays != nil
+	observed := o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil
+	stamp := observed || delays != nil
 	p := &Pool{
 		opts:    o,
 		queue:   make(chan item, o.queueSize),
@@ -190,7 +194,8 @@ func New(size int, opts ...Option) (*Pool, error) {
 		delays:  delays,
 		stamp:   stamp,
 		block:   isBlock(o.policy),
-		guarded: stamp || o.limiter != nil || adapt != nil,
+		route:   routeOf(observed || o.limiter != nil, delays != nil || adapt != nil),
+		tagged:  stamp || delays != nil || adapt != nil,
 		epoch:   time.Now(),
 		callers: make(map[*slot]struct{}),
 	}
@@ -199,6 +204,27 @@ func New(size int, opts ...Option) (*Pool, error) {
 	p.workers.Store(int64(size))
 	p.base, p.cancel = context.WithCancelCause(context.WithValue(context.Background(), poolKey{}, p))
 	return p, nil
+}
+
+// A route is the way a pool's tasks go on a worker.
+type route uint8
+
+const (
+	routeFast       route = iota // the fast path alone
+	routeGuarded                 // run: a limiter, a maximum queue wait, an observer or a wrapper
+	routeControlled              // overload control, then the fast path
+)
+
+// routeOf returns the route of a pool whose tasks are guarded, or
+// controlled; guarded pools apply overload control in run.
+func routeOf(guarded, controlled bool) route {
+	switch {
+	case guarded:
+		return routeGuarded
+	case controlled:
+		return routeControlled
+	}
+	return routeFast
 }
 
 // now reads the pool's monotonic clock.

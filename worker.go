@@ -33,7 +33,8 @@ type slot struct {
 	// sampling counts down the tasks the controller does not time after a
 	// short one (see timed); the owner's alone.
 	sampling uint8
-	long     bool // the last timed task ran for longShot or longer
+	long     bool          // the last timed task ran for longShot or longer
+	start    time.Duration // when the task in hand started, if the controller times it; the owner's alone
 }
 
 const (
@@ -181,7 +182,7 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 				}
 			}
 		}
-		if p.guarded {
+		if p.route == routeGuarded {
 			p.run(&w.slot, it)
 		} else {
 			// The claim, written out (a call would cost a tenth of the
@@ -205,6 +206,10 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 					err = t(ctx) // a direct call: the common case
 				} else {
 					err = it.run.run(ctx)
+					if w.start != 0 { // timed by overload control (see control)
+						p.ran(&w.slot, w.start, outcomeOf(err))
+						w.start = 0
+					}
 				}
 				if dc != nil {
 					dc.release()
@@ -238,6 +243,21 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 // workers' fast path (see runTasks) does that itself for plain tasks and
 // calls claim for the rest.
 func (p *Pool) claim(s *slot, it *item, swapped bool) bool {
+	if swapped || p.route != routeControlled {
+		return p.claimSlot(s, it, swapped)
+	}
+	if !p.control(s, it) {
+		return false
+	}
+	if p.claimSlot(s, it, false) {
+		return true
+	}
+	s.start = 0 // timed, but it does not run
+	return false
+}
+
+// claimSlot is claim without overload control.
+func (p *Pool) claimSlot(s *slot, it *item, swapped bool) bool {
 	if c := it.waiter(); c != nil {
 		s.waiter.Store(c) // before the claim: Shutdown reads it after its own
 	}
