@@ -225,10 +225,9 @@ func (s *slot) timed() bool {
 	return false
 }
 
-// control is overload control on the workers' fast path, before the
-// claim: it drops a task that WithQueueDelayTarget drops, settling it and
-// reporting false, and stores in s.start when a task the controller times
-// starts. A task is dropped from the worker's hands, its slot still idle,
+// control is overload control on the workers' fast path, in claim: it
+// drops a task that WithQueueDelayTarget drops, settling it and reporting
+// false, and stores in s.start when a task the controller times starts. A task is dropped from the worker's hands, its slot still idle,
 // where Shutdown's deadline does not look; once Shutdown has begun nothing
 // is dropped.
 func (p *Pool) control(s *slot, it *item) bool {

@@ -140,6 +140,8 @@ func (w *worker) loop() {
 // settles the task Panicked, and loop calls runTasks again. A
 // runtime.Goexit in a task runs the guard too, which hands the worker over
 // (taskExited). Other pools run each task through run, which guards it.
+// Overload control rides the fast path: its tasks are records (see tag),
+// which claim passes through control.
 func (w *worker) runTasks(first item, has bool) (panicked bool) {
 	p := w.pool
 	var it item             // the task in hand, for the guard
@@ -510,10 +512,11 @@ var errLimiterGoexit = errors.New("bgpool: rate limiter called runtime.Goexit; t
 
 var errGoexit = errors.New("bgpool: task called runtime.Goexit")
 
-// run is a worker's part of the hot path: mark the task running, run it,
-// and settle it. Pools with a rate limit, a maximum queue wait or a queue
-// delay target pass through gate first; with WithAdaptiveConcurrency the
-// controller reads the task's run time (see timed).
+// run is the guarded pools' part of the hot path: mark the task running,
+// run it, and settle it. Pools with a rate limit, a maximum queue wait or
+// a queue delay target pass through gate first; with
+// WithAdaptiveConcurrency the controller reads the task's run time (see
+// timed).
 func (p *Pool) run(s *slot, it item) {
 	var start time.Duration // when the task started, if timed
 	if p.limiter != nil || p.opts.maxQueueWait > 0 || p.delays != nil {

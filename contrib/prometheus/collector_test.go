@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -74,28 +75,8 @@ func sleeper(d time.Duration, err error) bgpool.Task {
 // (with outcome, when not empty) that c reports.
 func histogram(t *testing.T, c prometheus.Collector, name, outcome string) (count uint64, sum float64) {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	require.NoError(t, reg.Register(c))
-	families, err := reg.Gather()
-	require.NoError(t, err)
-	for _, mf := range families {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			got := ""
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == "outcome" {
-					got = lp.GetValue()
-				}
-			}
-			if got == outcome {
-				return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
-			}
-		}
-	}
-	require.Failf(t, "no such series", "%s{outcome=%q}", name, outcome)
-	return 0, 0
+	m := series(t, c, name, "outcome", outcome)
+	return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
 }
 
 const gaugesHelp = `
@@ -440,6 +421,18 @@ bgpool_tasks_dropped_total{pool="mail",reason="other"} ` + strconv.FormatUint(ot
 // when there is no such series.
 func value(t *testing.T, c prometheus.Collector, name, label, want string) float64 {
 	t.Helper()
+	m := series(t, c, name, label, want)
+	if m.GetGauge() != nil {
+		return m.GetGauge().GetValue()
+	}
+	return m.GetCounter().GetValue()
+}
+
+// series gathers c's metrics and returns the series of name whose label
+// is want (the first series when label is empty), failing the test when
+// there is none.
+func series(t *testing.T, c prometheus.Collector, name, label, want string) *dto.Metric {
+	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	require.NoError(t, reg.Register(c))
 	families, err := reg.Gather()
@@ -455,19 +448,13 @@ func value(t *testing.T, c prometheus.Collector, name, label, want string) float
 					got = lp.GetValue()
 				}
 			}
-			if label != "" && got != want {
-				continue
-			}
-			switch {
-			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
-			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
+			if label == "" || got == want {
+				return m
 			}
 		}
 	}
 	require.Failf(t, "no such series", "%s{%s=%q}", name, label, want)
-	return 0
+	return nil
 }
 
 func TestDroppedReasonQueueWait(t *testing.T) {
