@@ -60,7 +60,8 @@
 // the channel, which keeps waiting submitters in FIFO order). Outcomes are
 // counted in atomic counters, each on its own cache line; Stats reads them,
 // the queue's length and the workers' states into one snapshot whose sum
-// always adds up. A mutex guards only what changes when a worker starts or
+// always adds up: in the reverse of a task's path, so that no task is seen
+// twice, and again if a task ended meanwhile. A mutex guards only what changes when a worker starts or
 // leaves, and Shutdown. A worker runs its tasks under one panic guard (a
 // deferred recover) per run of tasks, not per task: a panic unwinds to it,
 // it counts the task Panicked, and the worker starts a new run; a
