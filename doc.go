@@ -46,14 +46,17 @@
 //
 // ants contributes the goroutines: each worker is a loop on a goroutine of
 // an ants.Pool, started when a task needs it and given back to ants when it
-// has been idle. bgpool adds everything else: the cap on running tasks, the
-// bounded queue, the policies, the rate limit, the accounting and the
+// has been idle; the first worker starts with the first task, and once
+// Shutdown has drained the pool, ants' goroutines exit right after the
+// workers return. bgpool adds everything else: the cap on running tasks,
+// the bounded queue, the policies, the rate limit, the accounting and the
 // drain.
 //
 // The queue is a buffered channel of QueueSize tasks, and the workers
 // receive from it. Submit counts the task, then tries a non-blocking send:
 // a worker parked on the channel gets the task handed to it directly, and
-// otherwise the task waits in the buffer. No lock is taken on that path
+// otherwise the task waits in the buffer, so a steady stream of tasks
+// costs a channel operation per task, not an ants submission. No lock is taken on that path
 // besides the channel's own, and at most one worker is woken per task. Only
 // when the buffer is full does Submit look further: start another worker if
 // the cap allows, else apply the policy (Block waits as a blocked sender on
