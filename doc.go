@@ -150,9 +150,9 @@
 // PostgreSQL of the same machine took 16,000-21,000 a second in batches of
 // 1,000 to 5,000, and 7,000 on a loaded one). Shutdown looks again
 // every 50ms, since the queue shrinks as the workers drain it. Then it
-// takes the queue: the closures go back in, the Jobs go to the Handoff in
-// batches of 100 to 5,000, sized to take about 250ms each, counted as each
-// commits. Running tasks keep their workers until the deadline: the
+// takes the queue: the closures go back in, the Jobs go to the Handoff,
+// from a goroutine of Shutdown's, in batches of 100 to 5,000, sized to
+// take about 250ms each, counted as each commits. Running tasks keep their workers until the deadline: the
 // hand-off takes nothing from them. At the deadline, the Jobs not yet sent
 // are abandoned; those in a call under way are counted when it returns.
 //

@@ -225,7 +225,7 @@ func routeOf(guarded, controlled bool) route {
 func (p *Pool) now() time.Duration { return time.Since(p.epoch) }
 
 // Tune changes the cap on tasks running at once on workers to size, clamped
-// to MaxWorkers. Growing takes effect at once: queued tasks start at once.
+// to MaxWorkers. Growing takes effect at once, and queued tasks start.
 // Shrinking lets running tasks finish; a task admitted while Tune runs may
 // still start under the old size. The queue's capacity does not change. A
 // size below 1 is ignored. With WithAdaptiveConcurrency, size is clamped to
