@@ -25,11 +25,10 @@ import (
 // load, CPU-bound work say, gives it nothing to read: size such a pool to
 // GOMAXPROCS instead.
 //
-// The controller has no goroutine: the workers feed it as their tasks
-// return, each taking a brief lock (tasks shorter than 50µs are timed one
-// in 16), and nothing on it blocks. Tune sets the current cap, clamped to
-// [min, max], and the pool goes on from there. min below 1, max below min,
-// or max above MaxWorkers is an error from New.
+// The control starts no goroutine and never blocks. It costs a brief lock
+// per task it reads, and it reads one in 16 tasks shorter than 50µs. Tune sets the current cap, clamped to [min, max], and
+// the pool goes on from there. min below 1, max below min, or max above
+// MaxWorkers is an error from New.
 func WithAdaptiveConcurrency(min, max int) Option {
 	return optionFunc(func(o *options) error {
 		if min < 1 || max < min || max > MaxWorkers {
@@ -134,8 +133,9 @@ const (
 	adaptRiseBusy   = 30 * time.Second      // and while it is not
 )
 
-// controller moves a pool's cap (WithAdaptiveConcurrency). Workers feed it
-// the run time of each task they run; every window (50 ms, longer for slow
+// controller moves a pool's cap (WithAdaptiveConcurrency). It has no
+// goroutine: workers feed it the run time of each task they time (see
+// longShot), each taking c's lock briefly as the task returns; every window (50 ms, longer for slow
 // or rare tasks) it sets the cap to
 //
 //	cap × lowest / median + headroom,  at most 2 × used + headroom

@@ -202,7 +202,8 @@ func (p *Pool) applyPolicy(ctx context.Context, o *Overflow) (err error) {
 
 // saturated reports whether a task submitted now would find no room: the
 // pool is closed, submitters are waiting for room, or no worker is free and
-// the queue is full. It takes no lock.
+// the queue is full. It reads a few atomic counters and takes no lock, for
+// WithShedding's check of every request.
 func (p *Pool) saturated() bool {
 	// Submitters wait for room only while the queue is full and no worker
 	// is parked, so this also tells whether some are waiting.

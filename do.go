@@ -21,11 +21,10 @@ import (
 //
 // The task runs like any other: on a worker, under the pool's cap, policy,
 // rate limit, task timeout and observer, and its error also goes to the
-// error handler. Do costs one allocation, the record it waits on (its
-// channel is recycled), with a task value made once. Do from inside a task of the same
-// pool waits for a worker that may never come if every worker does the
-// same: give such calls a ctx with a deadline. Do is safe for concurrent
-// use.
+// error handler. Do costs one allocation. Do from inside a task of the
+// same pool waits for a worker that may never come if every worker does
+// the same: give such calls a ctx with a deadline. Do is safe for
+// concurrent use.
 func (p *Pool) Do(ctx context.Context, task Task) error { return p.do(ctx, task, "", false) }
 
 // do is Do for a task of kind (see TaskInfo), empty for a plain task. A
@@ -52,7 +51,8 @@ func (p *Pool) do(ctx context.Context, task Task, kind string, bound bool) error
 }
 
 // newSignal makes a channel on which Do's waiter hears that its task
-// ended. Each pool recycles its own (Pool.signals): one value is sent on
+// ended. Do's one allocation is its record, the awaited, with a task value
+// made once; its channel is recycled. Each pool recycles its own (Pool.signals): one value is sent on
 // each, once, so that it can serve again, and a Do allocates nothing but
 // its record. Per pool, not per process, because a channel belongs to the
 // testing/synctest bubble it was made in: a pool made in a bubble then

@@ -46,21 +46,25 @@
 //
 // ants contributes the goroutines: each worker is a loop on a goroutine of
 // an ants.Pool, started when a task needs it and given back to ants when it
-// has been idle. bgpool adds everything else: the cap on running tasks, the
-// bounded queue, the policies, the rate limit, the accounting and the
+// has been idle; the first worker starts with the first task, and once
+// Shutdown has drained the pool, ants' goroutines exit right after the
+// workers return. bgpool adds everything else: the cap on running tasks,
+// the bounded queue, the policies, the rate limit, the accounting and the
 // drain.
 //
 // The queue is a buffered channel of QueueSize tasks, and the workers
 // receive from it. Submit counts the task, then tries a non-blocking send:
 // a worker parked on the channel gets the task handed to it directly, and
-// otherwise the task waits in the buffer. No lock is taken on that path
+// otherwise the task waits in the buffer, so a steady stream of tasks
+// costs a channel operation per task, not an ants submission. No lock is taken on that path
 // besides the channel's own, and at most one worker is woken per task. Only
 // when the buffer is full does Submit look further: start another worker if
 // the cap allows, else apply the policy (Block waits as a blocked sender on
 // the channel, which keeps waiting submitters in FIFO order). Outcomes are
 // counted in atomic counters, each on its own cache line; Stats reads them,
 // the queue's length and the workers' states into one snapshot whose sum
-// always adds up. A mutex guards only what changes when a worker starts or
+// always adds up: in the reverse of a task's path, so that no task is seen
+// twice, and again if a task ended meanwhile. A mutex guards only what changes when a worker starts or
 // leaves, and Shutdown. A worker runs its tasks under one panic guard (a
 // deferred recover) per run of tasks, not per task: a panic unwinds to it,
 // it counts the task Panicked, and the worker starts a new run; a
@@ -146,9 +150,9 @@
 // PostgreSQL of the same machine took 16,000-21,000 a second in batches of
 // 1,000 to 5,000, and 7,000 on a loaded one). Shutdown looks again
 // every 50ms, since the queue shrinks as the workers drain it. Then it
-// takes the queue: the closures go back in, the Jobs go to the Handoff in
-// batches of 100 to 5,000, sized to take about 250ms each, counted as each
-// commits. Running tasks keep their workers until the deadline: the
+// takes the queue: the closures go back in, the Jobs go to the Handoff,
+// from a goroutine of Shutdown's, in batches of 100 to 5,000, sized to
+// take about 250ms each, counted as each commits. Running tasks keep their workers until the deadline: the
 // hand-off takes nothing from them. At the deadline, the Jobs not yet sent
 // are abandoned; those in a call under way are counted when it returns.
 //

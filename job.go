@@ -46,9 +46,8 @@ func NewJob[T JobArgs](work func(ctx context.Context, args T) error) *Job[T] {
 // but not its cancellation. Submit returns Submit's errors, and an error for
 // a nil p (nothing is counted) or nil args (counted Rejected).
 //
-// Submit allocates one record, which carries args in the task's record in
-// the queue, so that the pool can find them again if the job has to leave
-// the process; a plain Pool.Submit allocates nothing. It is safe for
+// Submit allocates one record, which keeps args so that the pool can hand
+// them off; a plain Pool.Submit allocates nothing. It is safe for
 // concurrent use.
 func (j *Job[T]) Submit(ctx context.Context, p *Pool, args T) error {
 	if p == nil {
@@ -107,9 +106,9 @@ func (j *Job[T]) Do(ctx context.Context, p *Pool, args T) error {
 	return p.do(ctx, func(ctx context.Context) error { return j.work(ctx, args) }, args.Kind(), true)
 }
 
-// jobRecord is a submitted Job: the runner of its item (see item), which
-// holds the job and its args, so that the pool can hand the args off if the
-// job has to leave the process.
+// jobRecord is a submitted Job, Job.Submit's one allocation: the runner of
+// its item (see item), which carries the job and its args in the queue, so
+// that the pool can hand the args off if the job has to leave the process.
 type jobRecord[T JobArgs] struct {
 	job  *Job[T]
 	args T

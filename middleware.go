@@ -35,15 +35,12 @@ type middlewareOptions struct {
 // queue is full (or other submitters are already waiting for room), or
 // Shutdown has begun. Such requests get 503 Service Unavailable, a
 // Retry-After header of retryAfter in whole seconds (rounded up, at least 1)
-// and a short plain-text body.
+// and a short plain-text body. Each is counted in Stats.Shed (exported by
+// the contrib/prometheus collector as bgpool_requests_shed_total).
 //
-// Every request answered so is counted in Stats.Shed (and exported by the
-// contrib/prometheus collector as bgpool_requests_shed_total). The check is
-// a snapshot of a few atomic counters taken as the request arrives, with no
-// lock; a request that passed it may still find the pool full when it calls
-// Go, so handlers should still handle ErrOverloaded. The default is no
-// shedding: every request reaches the handler, which decides what to do
-// when Go returns ErrOverloaded.
+// The check takes no lock and is made as the request arrives, so a request
+// that passed it may still find the pool full when it calls Go: handlers
+// should still handle ErrOverloaded. The default is no shedding.
 func WithShedding(retryAfter time.Duration) MiddlewareOption {
 	secs := int64(retryAfter / time.Second) // divided first: rounding up by adding could overflow
 	if retryAfter%time.Second > 0 {
@@ -65,25 +62,21 @@ func WithShedding(retryAfter time.Duration) MiddlewareOption {
 // If the handler panics (or calls runtime.Goexit), its kept tasks are
 // discarded, as Starlette discards the background tasks of a request that
 // failed: they are counted Submitted and Dropped, each is reported to the
-// error handler, and the panic goes on to the server untouched. Middleware does not recover it, so http.ErrAbortHandler
-// and the original stack trace reach the server or an outer recoverer as
-// they were.
+// error handler, and the panic goes on to the server untouched: Middleware
+// does not recover it, so http.ErrAbortHandler and the original stack trace
+// reach the server or an outer recoverer as they were.
 //
-// Once the handler has returned, the response is complete as far as the
-// handler is concerned, and holding ServeHTTP would hold the client: with a
-// chunked body the client sees the end of the response only when ServeHTTP
-// returns. So the kept tasks never hold the response: those a free worker
-// or the queue's room admit at once are submitted on the handler's
-// goroutine, and from the first that finds no room on, the rest go, in
-// order, to a goroutine of their own, where the pool's policy decides (Drop,
-// DropOldest, Reject, CallerRuns on that goroutine, Spill's hand-off), with
-// Block and BlockFor giving up at once, as if the submitter's context had
-// ended. Meanwhile they count as Waiting in Stats. A task that is not admitted is
-// counted Rejected by the pool, as every failed Submit is, and its error
-// (matching ErrOverloaded or ErrClosed) goes to the pool's error handler
-// with the request's values in its context. Go called after the handler has
-// returned (from a goroutine the handler started) submits at once, with the
-// request's context, which the server has cancelled by then.
+// The kept tasks never hold the response: with a chunked body the client
+// sees its end only when ServeHTTP returns. Those that a free worker or the
+// queue's room admit at once are submitted on the handler's goroutine.
+// From the first that finds no room on, the rest go, in order, to a
+// goroutine of their own, where the pool's policy decides (CallerRuns runs
+// them there); Block and BlockFor give up at once. Meanwhile they count as
+// Waiting. A task not admitted is counted Rejected, and its error (matching
+// ErrOverloaded or ErrClosed) goes to the error handler with the request's
+// values in its context. Go called after the handler has returned (from a
+// goroutine it started) submits at once, with the request's context, which
+// the server has cancelled by then.
 //
 // The default is to submit each task when Go is called.
 func WithAfterResponse() MiddlewareOption {
@@ -229,7 +222,8 @@ func (k *keptTasks) close() []item {
 
 // submitKept submits the tasks a handler kept, without waiting for room (see
 // WithAfterResponse), and reports the ones the pool did not admit to the
-// error handler.
+// error handler. Each goes with a context that has already ended, so that
+// Block and BlockFor give up at once, as if the submitter's context had.
 func (p *Pool) submitKept(k *keptTasks) {
 	kept := k.close()
 	for i, it := range kept {

@@ -92,17 +92,16 @@ func isNil(v any) bool {
 	return false
 }
 
-// WithRateLimit caps how fast tasks start: starts follow a token bucket that
+// WithRateLimit caps how fast tasks start, with a token bucket that
 // refills at limit tokens per second and holds at most burst tokens (see
 // golang.org/x/time/rate). Tasks that arrive faster wait in the queue, and
-// the overflow policy handles the rest. Submit does not block on the
-// limiter: a worker takes the next task from the queue and waits for its
-// token, so besides the queue's QueueSize up to Workers tasks can be waiting
-// for a token (all counted Queued). It is WithLimiter with a Limiter over a
-// rate.Limiter.
+// the policy handles the rest. Submit never waits for the limiter: each
+// worker waits for the token of the task it took, so a slow limiter holds
+// up a worker, not a submitter. Up to Workers such tasks can wait beyond
+// QueueSize, all counted Queued. It is WithLimiter over a rate.Limiter.
 //
-// The default is no limit; rate.Inf also means no limit and costs nothing. A
-// limit that is not positive, or a burst below 1 (which x/time/rate would
+// The default is no limit; rate.Inf also means no limit and costs nothing.
+// A limit that is not positive, or a burst below 1 (which x/time/rate would
 // read as "allow nothing"), is an error.
 func WithRateLimit(limit rate.Limit, burst int) Option {
 	return optionFunc(func(o *options) error {

@@ -35,14 +35,9 @@ const idleTimeout = time.Second
 // A Pool runs Tasks in the background on at most Workers goroutines, with a
 // bounded FIFO queue in front of them and a Policy for when the queue is
 // full. Create one with New; the zero Pool is not usable. All methods are
-// safe for concurrent use.
-//
-// The queue is a buffered channel and the workers are loops, each on a
-// goroutine of an ants.Pool, that receive from it: a task submitted while a
-// worker is parked is handed to that worker directly, and a steady stream of
-// tasks costs a channel operation per task, not an ants submission. The
-// package documentation describes the design; the benchmarks module
-// measures it.
+// safe for concurrent use. A steady stream of tasks costs a channel
+// operation per task; "How it works" in the package documentation
+// describes the design, and the benchmarks module measures it.
 type Pool struct {
 	// Set by New and read-only after.
 	opts    options
@@ -148,9 +143,8 @@ type poolKey struct{}
 //
 // New returns an error, and no pool, when size is below 1 or above
 // MaxWorkers, when an option is invalid, or when the policy is Spill and
-// there is no WithHandoff. It allocates the queue and
-// starts no goroutine: the first worker starts with the first task. Call
-// Shutdown when done with the pool.
+// there is no WithHandoff. It allocates the queue and starts no goroutine.
+// Call Shutdown when done with the pool.
 func New(size int, opts ...Option) (*Pool, error) {
 	if size < 1 {
 		return nil, fmt.Errorf("bgpool: New(%d): size must be at least 1", size)
@@ -231,13 +225,12 @@ func routeOf(guarded, controlled bool) route {
 func (p *Pool) now() time.Duration { return time.Since(p.epoch) }
 
 // Tune changes the cap on tasks running at once on workers to size, clamped
-// to MaxWorkers. Growing takes effect at once: queued tasks start on the new
-// workers. Shrinking lets running tasks finish, retires parked workers at
-// once and busy ones when their task returns; a task admitted while Tune
-// runs may still start under the old size. The queue's capacity does not
-// change. A size below 1 is ignored. With WithAdaptiveConcurrency, size is
-// clamped to its bounds and the pool moves the cap on from there. Tune does
-// not block beyond a brief lock.
+// to MaxWorkers. Growing takes effect at once, and queued tasks start.
+// Shrinking lets running tasks finish; a task admitted while Tune runs may
+// still start under the old size. The queue's capacity does not change. A
+// size below 1 is ignored. With WithAdaptiveConcurrency, size is clamped to
+// its bounds and the pool moves the cap on from there. Tune does not block
+// beyond a brief lock.
 func (p *Pool) Tune(size int) {
 	if size < 1 {
 		return
@@ -249,6 +242,8 @@ func (p *Pool) Tune(size int) {
 }
 
 // setCap makes size the cap on running tasks, for Tune and the controller.
+// Shrinking retires parked workers at once, and busy ones when their task
+// returns.
 func (p *Pool) setCap(size int) {
 	old := p.workers.Swap(int64(size))
 	if int64(size) < old {

@@ -8,36 +8,30 @@ import (
 )
 
 // Shutdown stops the pool and waits for it to drain. It stops admitting
-// tasks at once (Submit then returns ErrClosed, and so do submitters blocked
-// under Block), lets every queued task run, waits for running tasks to
-// return, those that CallerRuns runs on submitters included, and then for
-// the workers to leave. It returns nil when all of that finished before ctx
+// tasks at once: Submit then returns ErrClosed, and so do submitters
+// blocked under Block. It lets every queued task run, waits for running
+// tasks (those CallerRuns runs on submitters included), then for the
+// workers to leave. It returns nil when all of that finished before ctx
 // ended. A pool with nothing queued or running returns nil at once, even
 // with a ctx that has already ended.
 //
 // When ctx ends first, Shutdown counts every task still queued or running
-// as Abandoned, cancels their contexts, and returns a *ShutdownError that
-// says how many it abandoned and matches ctx.Err(). Nothing it does extends
-// past ctx's end, the hand-off below included: it returns within a few
-// milliseconds of it, whatever the tasks, the observer, the error handler
-// and the Handoff do. (When every task has ended but a worker is still held
-// by the observer or the error handler, it waits 100ms beyond the deadline
-// for it.)
+// as Abandoned, cancels their contexts, and returns a *ShutdownError with
+// the counts that matches ctx.Err(). It returns within a few milliseconds
+// of ctx's end, whatever the tasks, the observer, the error handler and
+// the Handoff do. Only when every task has ended but the observer or the
+// error handler still holds a worker does it wait up to 100ms more.
 //
-// With a Handoff (WithHandoff) and a deadline, Shutdown hands off the Jobs
-// still queued when the time left is what their hand-off needs: it takes
-// them out of the queue, while running tasks and queued closures go on
-// until the deadline, and hands them off in bounded batches on a goroutine
-// of its own, counting each batch HandedOff as the Handoff accepts it. See
-// "Jobs and durable hand-off" in the package documentation for how the time
-// is sized.
+// With WithHandoff and a deadline, Shutdown hands off the Jobs still
+// queued once the time left is what their hand-off needs, and counts them
+// HandedOff; running tasks and queued closures go on until the deadline.
+// See "Jobs and durable hand-off" in the package documentation.
 //
 // Shutdown may be called more than once and concurrently with any other
-// method; every call waits as described. Once a Shutdown that drained the
-// pool returns nil, every worker has returned (ants' goroutines, which ran
-// them, exit right after). Called from inside one of the pool's own tasks,
-// Shutdown begins the shutdown and returns nil without waiting, since it
-// would wait for its caller.
+// method; every call waits as described. Once it returns nil, every worker
+// has returned. Called from one of the pool's own tasks, it begins the
+// shutdown and returns nil without waiting, since it would wait for its
+// caller.
 func (p *Pool) Shutdown(ctx context.Context) error {
 	if ctx == nil {
 		return errors.New("bgpool: Shutdown: nil context")

@@ -225,25 +225,24 @@ func (p *Pool) unsettled() uint64 {
 }
 
 // Stats returns a snapshot of the pool's state and counters that satisfies
-// the sum in Stats' doc. It takes one brief lock, costs time in proportion
-// to Workers, never waits on the pool, and is safe to call at any time,
-// also after Shutdown.
+// the sum in Stats' doc. It is safe to call at any time, also after
+// Shutdown, and never waits on the pool. It takes one brief lock and looks
+// at every worker, so its cost grows with Workers.
 //
 // A task between two places as the snapshot is taken (taken from the queue
-// and not yet started, or a Submit not yet decided) is missing from
-// Submitted for that snapshot, so Submitted can read a few lower than in
-// the one before. For counters that never go down, use the outcomes (their
-// sum is Stats.Ended), as the contrib/prometheus collector does.
-//
-// The counters are read in the reverse of the order in which a task passes
-// them (outcomes, then workers' slots, then the queue, then Submit calls),
-// so that no task is seen twice, and read again if a task ended meanwhile.
+// and not yet started, or a Submit not yet decided or just let in from
+// Waiting) is left out of Submitted for that snapshot, so Submitted can
+// read a few lower than in the snapshot before. For counters that never go
+// down, use the outcomes, as the contrib/prometheus collector does.
 func (p *Pool) Stats() Stats {
 	var s Stats
 	var held, executing int
 	var inQueue, calls, ended uint64
-	// A task that ends while the snapshot is taken could be missed by
-	// every field; take it again (a few times at most) when one did.
+	// The counters are read in the reverse of the order in which a task
+	// passes them (outcomes, then workers' slots, then the queue, then
+	// Submit calls), so that no task is seen twice. A task that ends while
+	// the snapshot is taken could be missed by every field; take it again
+	// (a few times at most) when one did.
 	for try := 0; ; try++ {
 		s = Stats{
 			Workers:   int(p.workers.Load()),
