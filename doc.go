@@ -78,7 +78,9 @@
 // running; or a Job's record, whose args can be handed off. The pool looks
 // up no context value of its own on the way. Every outcome goes through one
 // funnel, which counts it and then tells the waiter and the observer, so a
-// waiter that hears of an outcome finds it counted. The pool's life is one
+// waiter told that its task will not run finds it counted (a task that ran
+// tells its own waiter as it returns, a moment before the count, as Do's
+// doc says). The pool's life is one
 // phase word (open, draining, drained or abandoned, then released), each
 // transition made in one place. A reader finds them in the files named for
 // them: admit.go (Submit's path), worker.go (the workers), policy.go (the

@@ -117,7 +117,8 @@ type report struct {
 // for a worker's own completions, and count for the tasks Shutdown abandons
 // in the workers' hands, whose telling follows (tell) when their workers
 // let go of them. Counting first and telling after keeps Stats' sum true
-// at every instant: a waiter told of an outcome finds it counted.
+// at every instant: a waiter told that its task will not run finds it
+// counted.
 
 // countCompleted counts a task that a worker's fast path completed (see
 // runTasks), while the pool is open: in the worker's own counter, which no
