@@ -225,27 +225,45 @@ func (s *slot) timed() bool {
 	return false
 }
 
-// control is overload control on the workers' fast path, in claim: it
-// drops a task that WithQueueDelayTarget drops, settling it and reporting
-// false, and stores in s.start when a task the controller times starts. A task is dropped from the worker's hands, its slot still idle,
-// where Shutdown's deadline does not look; once Shutdown has begun nothing
-// is dropped.
-func (p *Pool) control(s *slot, it *item) bool {
-	var now time.Duration
-	if p.delays != nil && !p.closing() {
+// delayed reports whether WithQueueDelayTarget drops it, taken from the
+// queue at now. Once Shutdown has begun nothing is dropped for its delay:
+// the drain's deadline decides what is too late.
+func (p *Pool) delayed(now time.Duration, it *item) bool {
+	return !p.delays.keep(now, now-it.at, len(p.queue) == 0) && !p.closing()
+}
+
+// control is the queue's delay control on the workers' fast path, in
+// claim: it settles a task that WithQueueDelayTarget drops, from the
+// worker's hands with its slot still idle (where Shutdown's deadline does
+// not look), and reports false. It returns the time it read, or zero.
+func (p *Pool) control(it *item) (now time.Duration, keep bool) {
+	if p.delays == nil {
+		return 0, true
+	}
+	now = p.now()
+	if p.delayed(now, it) {
+		p.settle(outcomeDelayed, report{wait: it.waiter(), queued: true, at: it.at})
+		return now, false
+	}
+	return now, true
+}
+
+// startTiming records in s.start when the task in s starts, now if that
+// is not zero, when the controller times it (see timed), and zero when it
+// does not, so that no start is left from a task that panicked; ran reads
+// it.
+func (p *Pool) startTiming(s *slot, now time.Duration) {
+	if p.adapt == nil {
+		return
+	}
+	if !s.timed() {
+		s.start = 0
+		return
+	}
+	if now == 0 {
 		now = p.now()
-		if !p.delays.keep(now, now-it.at, len(p.queue) == 0) {
-			p.settle(outcomeDelayed, report{wait: it.waiter(), queued: true, at: it.at})
-			return false
-		}
 	}
-	if p.adapt != nil && s.timed() {
-		if now == 0 {
-			now = p.now()
-		}
-		s.start = now
-	}
-	return true
+	s.start = now
 }
 
 // outcomeOf is the outcome of a task of the fast path that returned err.
@@ -256,11 +274,12 @@ func outcomeOf(err error) Outcome {
 	return OutcomeCompleted
 }
 
-// ran feeds the controller a task that ran in s from start (on the pool's
-// clock) to now, and moves the cap when it says so.
-func (p *Pool) ran(s *slot, start time.Duration, out Outcome) {
+// ran feeds the controller the task that ran in s from s.start (on the
+// pool's clock) to now, and moves the cap when it says so.
+func (p *Pool) ran(s *slot, out Outcome) {
 	now := p.now()
-	d := now - start
+	d := now - s.start
+	s.start = 0
 	weight := 1
 	if !s.long {
 		weight = shortEvery

@@ -189,10 +189,10 @@ func New(size int, opts ...Option) (*Pool, error) {
 		stamp:   stamp,
 		block:   isBlock(o.policy),
 		route:   routeOf(observed || o.limiter != nil, delays != nil || adapt != nil),
-		tagged:  stamp || delays != nil || adapt != nil,
 		epoch:   time.Now(),
 		callers: make(map[*slot]struct{}),
 	}
+	p.tagged = p.stamp || p.route == routeControlled
 	p.life.init()
 	p.signals.New = newSignal
 	p.workers.Store(int64(size))

@@ -208,9 +208,8 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 					err = t(ctx) // a direct call: the common case
 				} else {
 					err = it.run.run(ctx)
-					if w.start != 0 { // timed by overload control (see control)
-						p.ran(&w.slot, w.start, outcomeOf(err))
-						w.start = 0
+					if w.start != 0 { // timed by the controller (see startTiming)
+						p.ran(&w.slot, outcomeOf(err))
 					}
 				}
 				if dc != nil {
@@ -248,14 +247,12 @@ func (p *Pool) claim(s *slot, it *item, swapped bool) bool {
 	if swapped || p.route != routeControlled {
 		return p.claimSlot(s, it, swapped)
 	}
-	if !p.control(s, it) {
+	now, keep := p.control(it)
+	if !keep || !p.claimSlot(s, it, false) {
 		return false
 	}
-	if p.claimSlot(s, it, false) {
-		return true
-	}
-	s.start = 0 // timed, but it does not run
-	return false
+	p.startTiming(s, now)
+	return true
 }
 
 // claimSlot is claim without overload control.
@@ -516,26 +513,23 @@ var errGoexit = errors.New("bgpool: task called runtime.Goexit")
 // run it, and settle it. Pools with a rate limit, a maximum queue wait or
 // a queue delay target pass through gate first; with
 // WithAdaptiveConcurrency the controller reads the task's run time (see
-// timed).
+// startTiming).
 func (p *Pool) run(s *slot, it item) {
-	var start time.Duration // when the task started, if timed
+	var now time.Duration // the clock gate read, if it did
 	if p.limiter != nil || p.opts.maxQueueWait > 0 || p.delays != nil {
 		if c := it.waiter(); c != nil {
 			s.waiter.Store(c) // before the slot leaves idle, as in claim
 		}
-		if !p.gate(s, &it, &start) || !p.claimAwaited(s, &it) {
+		if !p.gate(s, &it, &now) || !p.claimAwaited(s, &it) {
 			return
 		}
 	} else if !p.claim(s, &it, false) {
 		return
 	}
-	timed := p.adapt != nil && s.timed()
-	if timed && start == 0 {
-		start = p.now()
-	}
+	p.startTiming(s, now)
 	out, ran, err := p.execute(it, true)
-	if timed {
-		p.ran(s, start, out)
+	if s.start != 0 {
+		p.ran(s, out)
 	}
 	p.finish(s, it, out, report{queued: true, started: true, at: it.at, ran: ran, err: err})
 }
@@ -598,9 +592,7 @@ func (p *Pool) gate(s *slot, it *item, now *time.Duration) bool {
 			p.finish(s, *it, OutcomeExpired, report{queued: true, at: it.at})
 			return false
 		}
-		// Shutdown's drain drops nothing for its delay: its deadline
-		// decides what is too late.
-		if p.delays != nil && !p.delays.keep(*now, *now-it.at, len(p.queue) == 0) && !p.closing() {
+		if p.delays != nil && p.delayed(*now, it) {
 			p.finish(s, *it, outcomeDelayed, report{queued: true, at: it.at})
 			return false
 		}
