@@ -90,16 +90,32 @@ type deadlineState struct {
 	cancel context.CancelFunc
 }
 
-// newDeadlineContext returns the context of a task that starts now and may
+// deadlineBatch is how many deadline contexts a slot allocates at once
+// (see slot.deadlineContext).
+const deadlineBatch = 32
+
+// deadlineContext returns the context of a task that starts now in s and may
 // run for d. It reads the monotonic clock only, once: on virtual machines
 // the wall clock can cost as much as the rest of a task's overhead.
-func newDeadlineContext(p *Pool, ctx context.Context, d time.Duration) *deadlineContext {
+//
+// The contexts come from a block of deadlineBatch that s allocates and hands
+// out one by one, never twice: one allocation serves a batch of tasks. The
+// block stays reachable while any of its contexts is, so a context that a
+// task keeps keeps 1.5 KB alive, and a slot keeps up to a batch of
+// finished tasks' contexts (and their submitters' values) until it has run
+// as many more tasks or its worker retires.
+func (s *slot) deadlineContext(p *Pool, ctx context.Context, d time.Duration) *deadlineContext {
 	now := p.now()
 	deadline := now + d
 	if deadline < now { // saturate, as context.WithTimeout does: MaxInt64 means no limit
 		deadline = math.MaxInt64
 	}
-	c := &deadlineContext{pool: p, deadline: deadline}
+	if len(s.deadlines) == 0 {
+		s.deadlines = make([]deadlineContext, deadlineBatch)
+	}
+	c := &s.deadlines[0]
+	s.deadlines = s.deadlines[1:]
+	c.pool, c.deadline = p, deadline
 	if !valueless(ctx) {
 		c.values = ctx
 	}

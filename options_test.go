@@ -322,6 +322,38 @@ func TestTaskTimeoutContextBehavesLikeContextWithDeadline(t *testing.T) {
 	})
 }
 
+func TestTaskTimeoutContextsAreNeverShared(t *testing.T) {
+	// A task may keep its context past its return (a goroutine it started,
+	// a struct it stored): the contexts come in batches, and a kept one must
+	// still be that task's after many more tasks on the same worker.
+	synctest.Test(t, func(t *testing.T) {
+		p, err := bgpool.New(1, bgpool.WithTaskTimeout(time.Hour))
+		require.NoError(t, err)
+		const tasks = 100 // several batches
+		kept := make([]context.Context, tasks)
+		deadlines := make([]time.Time, tasks)
+		for i := range tasks {
+			ctx := context.WithValue(context.Background(), valueKey{}, i)
+			require.NoError(t, p.Do(ctx, func(ctx context.Context) error {
+				kept[i] = ctx
+				deadlines[i], _ = ctx.Deadline()
+				return nil
+			}))
+			time.Sleep(time.Millisecond) // each its own deadline
+		}
+		for i, ctx := range kept {
+			assert.Equal(t, i, ctx.Value(valueKey{}), "task %d's context answers its own values", i)
+			d, ok := ctx.Deadline()
+			assert.True(t, ok)
+			assert.Equal(t, deadlines[i], d, "task %d's context keeps its deadline", i)
+			if i > 0 {
+				assert.NotSame(t, kept[i-1], ctx)
+			}
+		}
+		require.NoError(t, p.Shutdown(context.Background()))
+	})
+}
+
 func TestTaskTimeoutOfMaxInt64MeansNoLimit(t *testing.T) {
 	p := newPool(t, 1, bgpool.WithTaskTimeout(math.MaxInt64))
 	err := p.Do(context.Background(), func(ctx context.Context) error {

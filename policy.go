@@ -363,7 +363,7 @@ func (p *Pool) runHere(it item) error {
 		}
 		callerSlots.Put(s)
 	}()
-	out, ran, err := p.execute(it, false)
+	out, ran, err := p.execute(s, it, false)
 	p.finish(s, it, out, report{started: true, ran: ran, err: err})
 	finished = true
 	return nil

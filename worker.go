@@ -35,6 +35,9 @@ type slot struct {
 	sampling uint8
 	long     bool          // the last timed task ran for longShot or longer
 	start    time.Duration // when the task in hand started, if the controller times it; the owner's alone
+	// deadlines are the rest of the block that the owner takes its tasks'
+	// deadline contexts from (see slot.deadlineContext); the owner's alone.
+	deadlines []deadlineContext
 }
 
 const (
@@ -196,7 +199,7 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 			if swapped && !p.isAbandoned() || p.claim(&w.slot, &it, swapped) {
 				switch {
 				case p.opts.taskTimeout > 0:
-					dc = newDeadlineContext(p, it.ctx, p.opts.taskTimeout)
+					dc = w.deadlineContext(p, it.ctx, p.opts.taskTimeout)
 					ctx = dc
 				case plain && valueless(it.ctx):
 					ctx = p.base
@@ -395,6 +398,7 @@ func (p *Pool) retire(w *worker, why retirement) bool {
 	if len(p.queue) > 0 && !p.isAbandoned() && p.activate() { // a task arrived as w was leaving
 		return false
 	}
+	w.deadlines = nil // an idle record keeps no finished task's context
 	p.mu.Lock()
 	p.free = append(p.free, w)
 	p.mu.Unlock()
@@ -527,7 +531,7 @@ func (p *Pool) run(s *slot, it item) {
 		return
 	}
 	p.startTiming(s, now)
-	out, ran, err := p.execute(it, true)
+	out, ran, err := p.execute(s, it, true)
 	if s.start != 0 {
 		p.ran(s, out)
 	}
@@ -634,10 +638,10 @@ func (p *Pool) waitToken() (err error) {
 // execute runs one task with its context, timeout and panic recovery, and
 // hands an error to the error handler, unless Shutdown has abandoned the
 // task. It returns how long the task ran when an observer needs it.
-func (p *Pool) execute(it item, queued bool) (out Outcome, ran time.Duration, err error) {
+func (p *Pool) execute(s *slot, it item, queued bool) (out Outcome, ran time.Duration, err error) {
 	var ctx context.Context
 	if p.opts.taskTimeout > 0 {
-		dc := newDeadlineContext(p, it.ctx, p.opts.taskTimeout)
+		dc := s.deadlineContext(p, it.ctx, p.opts.taskTimeout)
 		defer dc.release()
 		ctx = dc
 	} else {
