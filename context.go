@@ -3,7 +3,6 @@ package bgpool
 import (
 	"context"
 	"math"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -81,8 +80,7 @@ type deadlineContext struct {
 	pool     *Pool                         // its base context gives cancellation and poolKey
 	values   context.Context               // the submitter's context, for values only; nil for none
 	deadline time.Duration                 // on the pool's monotonic clock (Pool.now): 8 bytes rather than a time.Time's 24
-	inner    atomic.Pointer[deadlineState] // set once, on first use of Done
-	mu       sync.Mutex                    // serialises the creation of inner
+	inner    atomic.Pointer[deadlineState] // set once, on first use of Done (the first of racing makers wins)
 }
 
 type deadlineState struct {
@@ -101,7 +99,7 @@ const deadlineBatch = 32
 // The contexts come from a block of deadlineBatch that s allocates and hands
 // out one by one, never twice: one allocation serves a batch of tasks. The
 // block stays reachable while any of its contexts is, so a context that a
-// task keeps keeps 1.5 KB alive, and a slot keeps up to a batch of
+// task keeps keeps 1.25 KB alive, and a slot keeps up to a batch of
 // finished tasks' contexts (and their submitters' values) until it has run
 // as many more tasks or its worker retires.
 func (s *slot) deadlineContext(p *Pool, ctx context.Context, d time.Duration) *deadlineContext {
@@ -128,13 +126,11 @@ func (c *deadlineContext) real() context.Context {
 	if s := c.inner.Load(); s != nil {
 		return s.ctx
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s := c.inner.Load(); s != nil {
-		return s.ctx
-	}
 	ctx, cancel := context.WithDeadline(c.pool.base, c.pool.epoch.Add(c.deadline))
-	c.inner.Store(&deadlineState{ctx, cancel})
+	if !c.inner.CompareAndSwap(nil, &deadlineState{ctx, cancel}) { // another goroutine made it first
+		cancel()
+		return c.inner.Load().ctx
+	}
 	return ctx
 }
 

@@ -307,3 +307,44 @@ func TestShutdownReleasesEveryWorkerBlockedSubmittingToItsOwnPool(t *testing.T) 
 		})
 	}
 }
+
+func TestBlockedSubmittersOfAHandOffOnlyPoolAllGetAWorker(t *testing.T) {
+	// A queue of size zero: a Submit that finds no parked worker waits for
+	// one, and a worker that parks as it starts waiting must still reach
+	// it. Many submitters and a few workers make that race common; a lost
+	// wake-up leaves a submitter waiting for ever, and the test hangs.
+	for _, workers := range []int{1, 2, 4} {
+		t.Run(fmt.Sprint(workers, " workers"), func(t *testing.T) {
+			const goroutines, perGoroutine = 8, 2000
+			p, err := bgpool.New(workers, bgpool.WithQueueSize(0))
+			require.NoError(t, err)
+			var ran atomic.Int64
+			var wg sync.WaitGroup
+			errs := make(chan error, goroutines)
+			for range goroutines {
+				wg.Go(func() {
+					for range perGoroutine {
+						if err := p.Submit(context.Background(), func(context.Context) error { ran.Add(1); return nil }); err != nil {
+							errs <- err
+							return
+						}
+					}
+				})
+			}
+			done := make(chan struct{})
+			go func() { wg.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second): // a hang, not a slow run: the test takes about 0.1 s
+				t.Fatalf("submitters still waiting after 30 s: %+v", p.Stats())
+			}
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			require.NoError(t, p.Shutdown(context.Background()))
+			assert.Equal(t, int64(goroutines*perGoroutine), ran.Load())
+			assertBalanced(t, p.Stats())
+		})
+	}
+}
