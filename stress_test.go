@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -347,4 +348,36 @@ func TestBlockedSubmittersOfAHandOffOnlyPoolAllGetAWorker(t *testing.T) {
 			assertBalanced(t, p.Stats())
 		})
 	}
+}
+
+func TestOneSubmitterOneWorkerRunsTasksInSubmissionOrder(t *testing.T) {
+	// One worker and one submitter that submits task after task: the
+	// worker runs them one at a time, so they must run in the order Submit
+	// returned. A task that enters the queue just as the worker parks (the
+	// submitter looked at parked before the worker counted itself) must not
+	// be overtaken by the next task, handed straight to the parked worker.
+	p, err := bgpool.New(1, bgpool.WithQueueSize(64))
+	require.NoError(t, err)
+	const n = 200000
+	var mu sync.Mutex
+	next, inversions, first := 0, 0, -1
+	for i := range n {
+		require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+			mu.Lock()
+			if i != next {
+				inversions++
+				if first < 0 {
+					first = i
+				}
+			}
+			next = max(next, i+1)
+			mu.Unlock()
+			return nil
+		}))
+		if i%64 == 0 {
+			runtime.Gosched() // let the worker empty the queue and park
+		}
+	}
+	require.NoError(t, p.Shutdown(context.Background()))
+	assert.Zero(t, inversions, "tasks run out of submission order (first at task %d)", first)
 }
