@@ -68,7 +68,7 @@ func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 	if p.tagged {
 		p.tag(&it)
 	}
-	if p.parked.Load() > 0 && p.handOver(it) { // a parked worker has it
+	if p.parked.Load() > 0 && len(p.queue) == 0 && p.handOver(it) { // a parked worker has it, and no queued task is older
 		return nil
 	}
 	select {

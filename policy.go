@@ -267,7 +267,7 @@ func (p *Pool) wait(ctx context.Context, it item) error {
 		// Counted waiting first, then looking at parked: a worker parks
 		// first, then looks at waiting (see park), so that one of the two
 		// sees the other.
-		if p.parked.Load() > 0 && p.handOver(it) {
+		if p.parked.Load() > 0 && len(p.queue) == 0 && p.handOver(it) {
 			if p.parked.Load() > 0 && p.waiting.Load() > 1 {
 				p.signalSpare() // pass the word on to the next waiter
 			}
