@@ -332,6 +332,9 @@ func (p *Pool) next(w *worker) (item, bool) {
 		// fills the queue first and then looks at the stack (see admitted);
 		// so either side sees the other. If w cannot leave the stack, it
 		// has been popped, and its task or notice is in its channel.
+		// (len(p.queue) is not a synchronising read in Go's memory model:
+		// like admitted's and retire's handshake, this one rests on the
+		// atomics' ordering and the channel's lock.)
 		if (p.active.Load() > p.workers.Load() || len(p.queue) > 0) && p.unpark(w) {
 			if p.retire(w, surplus) {
 				return item{}, false
