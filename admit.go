@@ -68,14 +68,11 @@ func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 	if p.tagged {
 		p.tag(&it)
 	}
-	if p.parked.Load() > 0 && len(p.queue) == 0 && p.handOver(it) { // a parked worker has it, and no queued task is older
-		return nil
-	}
 	select {
-	case p.queue <- it: // admitted: it waits in the queue
-		// At the cap with no worker parked (the steady state under load)
-		// and open, nothing more is to do; admitted looks further.
-		if p.active.Load() < p.workers.Load() || p.parked.Load() > 0 || p.isAbandoned() {
+	case p.queue <- it: // admitted: a parked worker has it, or it waits in the queue
+		// At the cap (the steady state under load) and open, nothing more
+		// is to do; admitted looks further.
+		if p.active.Load() < p.workers.Load() || p.isAbandoned() {
 			p.admitted()
 		}
 		return nil
@@ -125,9 +122,6 @@ func badSubmit(ctx context.Context) error {
 // submitter fills the queue and then looks at active, so one of the two sees
 // the other and the task is never left behind.
 func (p *Pool) admitted() {
-	if p.parked.Load() > 0 { // a worker parked as the task came in: it takes it
-		p.wakeForQueue()
-	}
 	if len(p.queue) > 0 && p.active.Load() < p.workers.Load() && p.activate() {
 		if head, ok := p.takeTask(); ok { // the new worker takes the oldest task, which frees its slot at once
 			p.startWorker(&head)

@@ -53,19 +53,14 @@
 // drain.
 //
 // The queue is a buffered channel of QueueSize tasks, and the workers
-// receive from it. A worker that finds it empty parks: it puts itself on a
-// stack of idle workers and waits on a channel of its own, a single-case
-// receive (a select on the queue and a wake channel cost about 1,000
-// instructions more per park and wake-up). Submit counts the task; if a worker is parked, it pops
-// it under a short lock and hands the task over on that worker's channel;
-// otherwise it does a non-blocking send, and the task waits in the buffer,
-// so a steady stream of tasks costs a channel operation per task and no
-// lock besides the channel's own. A worker parks first and then looks at
-// the queue, a submitter fills the queue and then looks at the stack, so
-// that one of the two always sees the other. Only when the buffer is full
-// does Submit look further: start another worker if the cap allows, else
-// apply the policy (Block waits as a blocked sender on the channel, which
-// keeps waiting submitters in FIFO order). Outcomes are
+// receive from it. Submit counts the task, then tries a non-blocking send:
+// a worker parked on the channel gets the task handed to it directly, and
+// otherwise the task waits in the buffer, so a steady stream of tasks
+// costs a channel operation per task, not an ants submission. No lock is taken on that path
+// besides the channel's own, and at most one worker is woken per task. Only
+// when the buffer is full does Submit look further: start another worker if
+// the cap allows, else apply the policy (Block waits as a blocked sender on
+// the channel, which keeps waiting submitters in FIFO order). Outcomes are
 // counted in atomic counters, each on its own cache line; Stats reads them,
 // the queue's length and the workers' states into one snapshot whose sum
 // always adds up: in the reverse of a task's path, so that no task is seen

@@ -263,26 +263,14 @@ func (p *Pool) wait(ctx context.Context, it item) error {
 	}
 	p.waiting.Add(1)
 	defer p.waiting.Add(-1)
-	for {
-		// Counted waiting first, then looking at parked: a worker parks
-		// first, then looks at waiting (see park), so that one of the two
-		// sees the other.
-		if p.parked.Load() > 0 && len(p.queue) == 0 && p.handOver(it) {
-			if p.parked.Load() > 0 && p.waiting.Load() > 1 {
-				p.signalSpare() // pass the word on to the next waiter
-			}
-			return nil
-		}
-		select {
-		case p.queue <- it: // admitted
-			p.admitted()
-			return nil
-		case <-ctx.Done(): // the submitter stopped waiting
-			return overloaded(ctx.Err())
-		case <-p.closingShard(): // Shutdown began: nothing more is admitted
-			return ErrClosed
-		case <-p.spare: // a worker parked: a queue of size zero has no room to wait for
-		}
+	select {
+	case p.queue <- it: // admitted
+		p.admitted()
+		return nil
+	case <-ctx.Done(): // the submitter stopped waiting
+		return overloaded(ctx.Err())
+	case <-p.closingShard(): // Shutdown began: nothing more is admitted
+		return ErrClosed
 	}
 }
 

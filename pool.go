@@ -72,7 +72,7 @@ type Pool struct {
 	// above.
 	active atomic.Int64 // worker loops started and not yet returned
 	_      [56]byte
-	parked atomic.Int64 // worker loops on the idle stack, waiting for a task
+	parked atomic.Int64 // worker loops parked, waiting for a task
 	_      [56]byte
 
 	reaping atomic.Bool  // the reaper is due
@@ -83,14 +83,6 @@ type Pool struct {
 	handoffs   handoffs
 	handlers   handlers  // requests in a handler behind Middleware, for Serve
 	signals    sync.Pool // Do's recycled channels (see newSignal)
-
-	// idleMu guards idle, the stack of parked workers (see park), and
-	// orders every send on a wake channel with Shutdown's closing of them.
-	idleMu sync.Mutex
-	idle   []*worker
-	// spare carries a parking worker's word to the submitters waiting for
-	// room (see wait); it holds one.
-	spare chan struct{}
 
 	stats counters
 
@@ -191,7 +183,6 @@ func New(size int, opts ...Option) (*Pool, error) {
 	p := &Pool{
 		opts:    o,
 		queue:   make(chan item, o.queueSize),
-		spare:   make(chan struct{}, 1),
 		limiter: o.limiter,
 		adapt:   adapt,
 		delays:  delays,

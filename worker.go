@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -53,8 +52,8 @@ const (
 // Stats and Shutdown, and reused by later loops.
 type worker struct {
 	slot
-	done     padded    // the target of slot.completed
-	wake     chan item // while parked: a task, or a notice (a zero item); room for one; closed when Shutdown begins
+	done     padded        // the target of slot.completed
+	wake     chan struct{} // unbuffered: notices while parked (see notify); closed when Shutdown begins
 	pool     *Pool
 	loopFn   func() // w.loop, bound once so that starting a loop does not allocate
 	first    item   // the loop's first task, when it was started for one
@@ -84,7 +83,7 @@ func (p *Pool) startWorker(first *item) {
 	if n := len(p.free); n > 0 {
 		w, p.free = p.free[n-1], p.free[:n-1]
 	} else {
-		w = &worker{pool: p, wake: make(chan item, 1)}
+		w = &worker{pool: p, wake: make(chan struct{})}
 		w.completed = &w.done.Uint64
 		w.loopFn = w.loop
 		p.all = append(p.all, w)
@@ -302,11 +301,10 @@ func (p *Pool) taskPanicked(s *slot, it item, ctx context.Context, v any, stack 
 // false when w has retired: on a notice, as surplus, or because Shutdown
 // has begun and the queue is empty (or abandoned).
 //
-// A parked worker waits on its own wake channel alone (see park): no
-// timer, no channel shared with the other workers, and a single-case
-// receive, which costs a third of a select on two channels. Submitters
-// hand it their tasks there (handOver, wakeForQueue); notices (a zero
-// item) retire idle workers (reap) and surplus ones (Tune); Shutdown
+// A parked worker waits on the queue and on its own wake channel: no timer,
+// and no channel shared with the other workers besides the queue, so that
+// parking costs little more than a channel receive. Notices on the wake
+// channel retire idle workers (reap) and surplus ones (Tune); Shutdown
 // closes it.
 func (p *Pool) next(w *worker) (item, bool) {
 	for {
@@ -324,117 +322,23 @@ func (p *Pool) next(w *worker) (item, bool) {
 			}
 			continue // a task arrived as w was leaving
 		}
-		if !p.park(w) {
-			continue // Shutdown began
-		}
-		// Checked after w is on the idle stack: Tune sets the new size
-		// first and then pops the surplus from the stack, and a submitter
-		// fills the queue first and then looks at the stack (see admitted);
-		// so either side sees the other. If w cannot leave the stack, it
-		// has been popped, and its task or notice is in its channel.
-		// (len(p.queue) is not a synchronising read in Go's memory model:
-		// like admitted's and retire's handshake, this one rests on the
-		// atomics' ordering and the channel's lock.)
-		if (p.active.Load() > p.workers.Load() || len(p.queue) > 0) && p.unpark(w) {
-			if p.retire(w, surplus) {
-				return item{}, false
-			}
-			continue
-		}
-		it, open := <-w.wake
-		switch {
-		case !open: // Shutdown began
-		case it.run != nil: // a submitter handed over a task
-			return it, true
-		case !p.closing() && p.retire(w, notice):
+		p.parked.Add(1)
+		// Checked after counting itself parked: Tune sets the new size first
+		// and then looks at parked.
+		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
+			p.parked.Add(-1)
 			return item{}, false
 		}
-	}
-}
-
-// park puts w on the idle stack, where submitters find it, and reports
-// false once Shutdown has begun: then no worker parks. A submitter waiting
-// for room in a queue of size zero has nothing to receive from, so it is
-// told through spare.
-func (p *Pool) park(w *worker) bool {
-	p.idleMu.Lock()
-	if p.closing() {
-		p.idleMu.Unlock()
-		return false
-	}
-	p.idle = append(p.idle, w)
-	p.parked.Add(1)
-	p.idleMu.Unlock()
-	if p.waiting.Load() > 0 { // after parked: wait counts itself first and then looks at parked
-		p.signalSpare()
-	}
-	return true
-}
-
-// signalSpare tells one waiting submitter, if any is waiting, that a worker
-// is parked (see wait).
-func (p *Pool) signalSpare() {
-	select {
-	case p.spare <- struct{}{}:
-	default: // a signal is pending already
-	}
-}
-
-// unpark takes w off the idle stack and reports whether it was still on
-// it; false means someone popped it, and its channel holds what they sent.
-func (p *Pool) unpark(w *worker) bool {
-	p.idleMu.Lock()
-	defer p.idleMu.Unlock()
-	for i := len(p.idle) - 1; i >= 0; i-- {
-		if p.idle[i] == w {
-			p.idle = slices.Delete(p.idle, i, i+1)
+		select {
+		case it := <-p.queue: // a submitter handed over a task
 			p.parked.Add(-1)
-			return true
+			return it, true
+		case <-w.wake: // a notice, or Shutdown began (closed)
+			p.parked.Add(-1)
+			if !p.closing() && p.retire(w, notice) {
+				return item{}, false
+			}
 		}
-	}
-	return false
-}
-
-// popIdle takes the worker parked last (the one whose stack is likeliest
-// warm) off the idle stack, or returns nil. Requires p.idleMu, under which
-// the caller sends it one item: its channel holds one, so the send never
-// waits.
-func (p *Pool) popIdle() *worker {
-	n := len(p.idle)
-	if n == 0 {
-		return nil
-	}
-	w := p.idle[n-1]
-	p.idle[n-1] = nil
-	p.idle = p.idle[:n-1]
-	p.parked.Add(-1)
-	return w
-}
-
-// handOver gives it to a parked worker and reports whether one was parked.
-func (p *Pool) handOver(it item) bool {
-	p.idleMu.Lock()
-	defer p.idleMu.Unlock()
-	w := p.popIdle()
-	if w == nil {
-		return false
-	}
-	w.wake <- it
-	return true
-}
-
-// wakeForQueue hands the queue's tasks to parked workers while both
-// remain: a task that entered the queue as a worker parked, which the
-// worker did not see.
-func (p *Pool) wakeForQueue() {
-	p.idleMu.Lock()
-	defer p.idleMu.Unlock()
-	for len(p.idle) > 0 {
-		head, ok := p.takeTask()
-		if !ok {
-			return
-		}
-		p.popIdle().wake <- head
 	}
 }
 
@@ -538,28 +442,34 @@ func (p *Pool) retireParked() {
 	p.notify(min(p.active.Load()-p.workers.Load(), p.parked.Load()))
 }
 
-// notify sends up to n notices, each to a worker parked at that moment,
-// the longest parked first.
+// notify sends up to n notices, each to a worker parked at that moment:
+// a send on a worker's unbuffered wake channel succeeds only if it is
+// parked. p.mu orders the sends with Shutdown's closing of the channels.
 func (p *Pool) notify(n int64) {
-	p.idleMu.Lock()
-	defer p.idleMu.Unlock()
-	for ; n > 0 && len(p.idle) > 0; n-- {
-		w := p.idle[0]
-		p.idle = slices.Delete(p.idle, 0, 1)
-		p.parked.Add(-1)
-		w.wake <- item{}
+	if n <= 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing() {
+		return
+	}
+	for _, w := range p.all {
+		if n == 0 {
+			return
+		}
+		select {
+		case w.wake <- struct{}{}:
+			n--
+		default: // not parked
+		}
 	}
 }
 
 // wakeParked closes every worker's wake channel once Shutdown has begun:
-// parked workers wake and find the pool closed, and none parks again (see
-// park). Requires p.mu; takes p.idleMu, under which every send on a wake
-// channel is made.
+// parked workers wake and find the pool closed, and none parks again.
+// Requires p.mu.
 func (p *Pool) wakeParked() {
-	p.idleMu.Lock()
-	defer p.idleMu.Unlock()
-	p.parked.Add(-int64(len(p.idle)))
-	p.idle = nil
 	for _, w := range p.all {
 		close(w.wake)
 	}
