@@ -74,8 +74,8 @@ func typeWord(ctx context.Context) unsafe.Pointer {
 // reports its deadline and expiry from the clock alone and builds a real
 // context.WithDeadline, with its timer and its registration under the pool's
 // context, only when the task first asks for Done (directly, or by deriving
-// a context from it): a task that never waits on its context pays one small
-// allocation and no timer.
+// a context from it): a task that never waits on its context pays a
+// thirty-second of an allocation (see slot.deadlineContext) and no timer.
 type deadlineContext struct {
 	pool     *Pool                         // its base context gives cancellation and poolKey
 	values   context.Context               // the submitter's context, for values only; nil for none

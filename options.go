@@ -122,6 +122,9 @@ func WithRateLimit(limit rate.Limit, burst int) Option {
 // WithTaskTimeout gives each task's context a deadline d after the task
 // starts. The default, zero, means no deadline. A negative d is an error.
 // A task that ignores its context is not stopped; it only sees ctx.Done.
+// The tasks' contexts are allocated 32 at a time per worker, so a worker
+// keeps up to 31 finished tasks' contexts (and the submitters' values in
+// them) reachable until it has run as many more tasks or retires.
 func WithTaskTimeout(d time.Duration) Option {
 	return optionFunc(func(o *options) error {
 		if d < 0 {
