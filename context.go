@@ -101,7 +101,8 @@ const deadlineBatch = 32
 // block stays reachable while any of its contexts is, so a context that a
 // task keeps keeps 1.25 KB alive, and a slot keeps up to a batch of
 // finished tasks' contexts (and their submitters' values) until it has run
-// as many more tasks or its worker retires.
+// as many more tasks or its worker retires (a CallerRuns slot: until
+// callerSlots lets it go).
 func (s *slot) deadlineContext(p *Pool, ctx context.Context, d time.Duration) *deadlineContext {
 	now := p.now()
 	deadline := now + d

@@ -353,9 +353,9 @@ func TestBlockedSubmittersOfAHandOffOnlyPoolAllGetAWorker(t *testing.T) {
 func TestOneSubmitterOneWorkerRunsTasksInSubmissionOrder(t *testing.T) {
 	// One worker and one submitter that submits task after task: the
 	// worker runs them one at a time, so they must run in the order Submit
-	// returned. A task that enters the queue just as the worker parks (the
-	// submitter looked at parked before the worker counted itself) must not
-	// be overtaken by the next task, handed straight to the parked worker.
+	// returned. A task that enters the queue just as the worker parks must
+	// not be overtaken by the next one, however the next one reaches the
+	// worker.
 	p, err := bgpool.New(1, bgpool.WithQueueSize(64))
 	require.NoError(t, err)
 	const n = 200000
