@@ -229,7 +229,7 @@ func (s *slot) timed() bool {
 // queue at now. Once Shutdown has begun nothing is dropped for its delay:
 // the drain's deadline decides what is too late.
 func (p *Pool) delayed(now time.Duration, it *item) bool {
-	return !p.delays.keep(now, now-it.at, len(p.queue) == 0) && !p.closing()
+	return !p.delays.keep(now, now-it.at(), len(p.queue) == 0) && !p.closing()
 }
 
 // control is the queue's delay control on the workers' fast path, in
@@ -242,7 +242,7 @@ func (p *Pool) control(it *item) (now time.Duration, keep bool) {
 	}
 	now = p.now()
 	if p.delayed(now, it) {
-		p.settle(outcomeDelayed, report{wait: it.waiter(), queued: true, at: it.at})
+		p.settle(outcomeDelayed, report{wait: it.waiter(), queued: true, at: it.at()})
 		return now, false
 	}
 	return now, true

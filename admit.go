@@ -3,6 +3,8 @@ package bgpool
 import (
 	"context"
 	"errors"
+	"sync/atomic"
+	"time"
 )
 
 // Submit hands task to the pool; it runs on a worker with a context that
@@ -68,40 +70,96 @@ func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 	if p.tagged {
 		p.tag(&it)
 	}
+	// A parked worker and an empty queue: hand the task over, which spares
+	// it the queue's buffer and the worker a look at the queue.
+	if p.parked.Load() > 0 && len(p.queue) == 0 && p.handOver(it) {
+		return nil
+	}
 	select {
-	case p.queue <- it: // admitted: a parked worker has it, or it waits in the queue
-		// At the cap (the steady state under load) and open, nothing more
-		// is to do; admitted looks further.
-		if p.active.Load() < p.workers.Load() || p.isAbandoned() {
+	case p.queue <- it: // admitted: it waits in the queue
+		// With no worker parked, at the cap (the steady state under load)
+		// and open, nothing more is to do; admitted looks further.
+		if p.parked.Load() > 0 || p.active.Load() < p.workers.Load() || p.isAbandoned() {
 			p.admitted()
 		}
 		return nil
-	default: // the queue is full and no worker is parked
+	default: // the queue is full
 		return p.overflow(ctx, it, mode)
 	}
 }
 
-// tag stamps it with its admission time (p.stamp), and marks a plain
-// Task of a pool with overload control, so that the workers' fast path
-// passes it through control (see claim).
+// tag prepares it for a pool whose tasks leave the workers' fast path: it
+// makes a plain Task a record that the fast path leaves to runRecord (a
+// routedTask, or a stampedTask where the pool stamps its tasks), and
+// stamps it with its admission time. Tagging a tagged item again only
+// stamps it anew.
 func (p *Pool) tag(it *item) {
-	if p.stamp {
-		it.at = p.now()
-	}
-	if p.route == routeControlled {
-		if t, ok := it.run.(Task); ok {
-			it.run = controlledTask(t)
+	if t, ok := it.run.(Task); ok && p.route != routeFast {
+		if p.stamp {
+			it.run = p.stamps.take(t)
+		} else {
+			it.run = routedTask(t)
 		}
+	}
+	if p.stamp {
+		it.setAt(p.now())
 	}
 }
 
-// A controlledTask is a plain Task of a pool with overload control: a type
-// of its own, so that the workers' fast path, which runs plain Tasks
-// without looking further, gives it to claim. Like a Task it is
-// pointer-shaped, and making it a runner allocates nothing.
-type controlledTask Task
+// A routedTask is a plain Task of a pool whose tasks are guarded or
+// controlled: a type of its own, so that the workers' fast path leaves it
+// to runRecord. Like a Task it is pointer-shaped, and making it a runner
+// allocates nothing.
+type routedTask Task
 
-func (t controlledTask) run(ctx context.Context) error { return t(ctx) }
+func (t routedTask) run(ctx context.Context) error { return t(ctx) }
+
+func (routedTask) stamp() *time.Duration { return nil }
+
+// A stampedTask is a plain Task of a pool that stamps its tasks, with its
+// admission time.
+type stampedTask struct {
+	task Task
+	at   time.Duration
+}
+
+func (t *stampedTask) run(ctx context.Context) error { return t.task(ctx) }
+
+func (t *stampedTask) stamp() *time.Duration { return &t.at }
+
+// stampBlocks hands out stampedTasks from blocks of stampBatch, each taken
+// once, so that a stamped Submit costs a fraction of an allocation. A
+// block stays reachable while any of its tasks is.
+type stampBlocks struct{ cur atomic.Pointer[stampBlock] }
+
+const stampBatch = 64
+
+type stampBlock struct {
+	taken atomic.Uint32
+	tasks [stampBatch]stampedTask
+}
+
+// take returns a stampedTask for t, never handed out before. It is safe
+// for concurrent use.
+func (b *stampBlocks) take(t Task) *stampedTask {
+	for {
+		cur := b.cur.Load()
+		if cur != nil {
+			if i := cur.taken.Add(1); i <= stampBatch {
+				s := &cur.tasks[i-1]
+				s.task = t
+				return s
+			}
+		}
+		next := new(stampBlock)
+		next.taken.Store(1)
+		if b.cur.CompareAndSwap(cur, next) {
+			s := &next.tasks[0]
+			s.task = t
+			return s
+		}
+	}
+}
 
 func badSubmit(ctx context.Context) error {
 	if ctx == nil {
@@ -111,18 +169,21 @@ func badSubmit(ctx context.Context) error {
 }
 
 // admitted runs after a task has entered the queue and makes sure that a
-// worker will take it: it starts one when tasks wait in the queue (no
-// parked worker took this one) and the cap allows one more, and gives it
-// the oldest, so that a task for which a worker is free never takes a
-// slot of the queue for long; and, after an
-// abandonment, it abandons the task itself, since no worker may be left.
+// worker will take it: it wakes a parked worker, if there is one, for the
+// queue (see park.go); else it starts one when tasks wait in the queue and
+// the cap allows one more, and gives it the oldest, so that a task for
+// which a worker is free never takes a slot of the queue for long; and,
+// after an abandonment, it abandons the task itself, since no worker may
+// be left.
 //
 // Together with the last check of a retiring worker (see worker.retire) this
 // is a handshake: the worker leaves active and then looks at the queue, the
 // submitter fills the queue and then looks at active, so one of the two sees
 // the other and the task is never left behind.
 func (p *Pool) admitted() {
-	if len(p.queue) > 0 && p.active.Load() < p.workers.Load() && p.activate() {
+	if p.parked.Load() > 0 && p.wakeIdle(1, noticeQueue) > 0 {
+		// A worker comes for the queue.
+	} else if len(p.queue) > 0 && p.active.Load() < p.workers.Load() && p.activate() {
 		if head, ok := p.takeTask(); ok { // the new worker takes the oldest task, which frees its slot at once
 			p.startWorker(&head)
 		} else { // a worker took it meanwhile
@@ -134,11 +195,24 @@ func (p *Pool) admitted() {
 	}
 }
 
+// enqueue admits it into the queue if the queue has room, or hands it to a
+// parked worker if the queue has no buffer (WithQueueSize(0)), and reports
+// whether it did.
+func (p *Pool) enqueue(it item) bool {
+	select {
+	case p.queue <- it:
+		p.admitted()
+		return true
+	default:
+	}
+	return cap(p.queue) == 0 && p.handOver(it)
+}
+
 // overflow handles a task that found the queue full and no worker parked.
 // A worker may still be free to start; otherwise the policy decides. Until
 // the task is admitted, refused or run, Stats counts its Submit as Waiting.
 func (p *Pool) overflow(ctx context.Context, it item, mode submitMode) error {
-	if p.admitByStarting(it) {
+	if cap(p.queue) == 0 && p.handOver(it) || p.admitByStarting(it) {
 		return nil
 	}
 	if mode == neverWait {
@@ -169,12 +243,10 @@ func (p *Pool) admitByStarting(it item) bool {
 			return true
 		}
 		p.startWorker(&head) // the oldest queued task goes to the new worker
-		select {
-		case p.queue <- it: // into the room the head left
-			p.admitted()
+		if p.enqueue(it) {   // into the room the head left
 			return true
-		default: // a waiting submitter, who was first, took that room
 		}
+		// A waiting submitter, who was first, took that room.
 	}
 	return false
 }

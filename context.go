@@ -43,7 +43,7 @@ func newTaskContext(pool context.Context, it *item) context.Context {
 	if c := it.waiter(); c != nil { // made inside the record Do, Group or Future waits on (see do.go)
 		return c.taskContext(pool)
 	}
-	if valueless(it.ctx) {
+	if valueless(&it.ctx) {
 		return pool
 	}
 	return &taskContext{pool: pool, values: it.ctx}
@@ -56,19 +56,23 @@ func newTaskContext(pool context.Context, it *item) context.Context {
 // exact, and it costs two instructions where ctx == context.Background()
 // calls the runtime to compare two values of one type (about 20
 // instructions a task, measured with benchmarks/instructions.sh).
-func valueless(ctx context.Context) bool {
+// It takes a pointer, to the item's field, so that the interface is not
+// copied to be read.
+func valueless(ctx *context.Context) bool {
 	t := typeWord(ctx)
 	return t == backgroundType || t == todoType
 }
 
-var backgroundType, todoType = typeWord(context.Background()), typeWord(context.TODO())
+var backgroundType, todoType = typeWordOf(context.Background()), typeWordOf(context.TODO())
 
-// typeWord returns the first word of an interface value, which identifies
-// its dynamic type (Go's layout of interface values: a type word and a
-// data word).
-func typeWord(ctx context.Context) unsafe.Pointer {
-	return (*[2]unsafe.Pointer)(unsafe.Pointer(&ctx))[0]
+// typeWord returns the first word of the interface value at ctx, which
+// identifies its dynamic type (Go's layout of interface values: a type word
+// and a data word).
+func typeWord(ctx *context.Context) unsafe.Pointer {
+	return (*[2]unsafe.Pointer)(unsafe.Pointer(ctx))[0]
 }
+
+func typeWordOf(ctx context.Context) unsafe.Pointer { return typeWord(&ctx) }
 
 // deadlineContext is the context of a task run with WithTaskTimeout. It
 // reports its deadline and expiry from the clock alone and builds a real
@@ -115,7 +119,7 @@ func (s *slot) deadlineContext(p *Pool, ctx context.Context, d time.Duration) *d
 	c := &s.deadlines[0]
 	s.deadlines = s.deadlines[1:]
 	c.pool, c.deadline = p, deadline
-	if !valueless(ctx) {
+	if !valueless(&ctx) {
 		c.values = ctx
 	}
 	return c

@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime/debug"
 	"sync/atomic"
+	"time"
 )
 
 // Do submits task like Submit and waits for it to end. It returns the
@@ -94,10 +95,11 @@ type awaited struct {
 	future futureTask // the task of a Future
 	group  *Group     // the Group it reports to; nil for Do and Future
 	state  atomic.Uint32
-	tc     taskContext // the task's context, made in place (see taskContext)
-	kind   string      // the Job's kind, for Job.Do (see TaskInfo)
-	bound  bool        // Job.Do's: the submitter's ctx withdraws or cancels the task (see Pool.do)
-	signal bool        // Do's: done is a recycled channel that end sends one value on (see waitDo)
+	tc     taskContext   // the task's context, made in place (see taskContext)
+	kind   string        // the Job's kind, for Job.Do (see TaskInfo)
+	bound  bool          // Job.Do's: the submitter's ctx withdraws or cancels the task (see Pool.do)
+	signal bool          // Do's: done is a recycled channel that end sends one value on (see waitDo)
+	at     time.Duration // the admission time, when the pool stamps its tasks (see runner.stamp)
 
 	// Do's and a Future's. The ending writes err and returned, then closes
 	// done; waiters read them after done.
@@ -116,6 +118,8 @@ const (
 	awaitEnded                   // settled; later endings are ignored
 	awaitWithdrawn               // its waiter took it back before it started (Job.Do): it never runs
 )
+
+func (c *awaited) stamp() *time.Duration { return &c.at }
 
 // futureTask is what a Future runs; see Future.run.
 type futureTask interface {

@@ -235,9 +235,7 @@ func (p *Pool) startHandoff(deadline time.Time) {
 	h.mu.Unlock()
 	var lost []item
 	for _, it := range others {
-		select {
-		case p.queue <- it: // back in the queue, in order, for the workers
-		default: // a submitter that raced Shutdown took the room: rare
+		if !p.enqueue(it) { // back in the queue, in order, for the workers; else a submitter that raced Shutdown took the room: rare
 			lost = append(lost, it)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 )
 
 // JobArgs are the arguments of a Job: plain data that names its kind. It has
@@ -112,6 +113,7 @@ func (j *Job[T]) Do(ctx context.Context, p *Pool, args T) error {
 type jobRecord[T JobArgs] struct {
 	job  *Job[T]
 	args T
+	at   time.Duration // the admission time, when the pool stamps its tasks (see runner.stamp)
 }
 
 // A queuedJob is a Job's runner: its args can be handed off.
@@ -123,3 +125,5 @@ type queuedJob interface {
 func (r *jobRecord[T]) jobArgs() JobArgs { return r.args }
 
 func (r *jobRecord[T]) run(ctx context.Context) error { return r.job.work(ctx, r.args) }
+
+func (r *jobRecord[T]) stamp() *time.Duration { return &r.at }

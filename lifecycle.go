@@ -40,6 +40,40 @@ const (
 	phaseAbandoned
 )
 
+// phaseShrunk is a flag beside the phase in its word: Tune, or the
+// controller, has lowered the cap below the worker loops active, and the
+// surplus has not all retired yet (see checkSurplus). A worker reads the
+// word after each task, so that one load tells it whether anything but the
+// next task needs it: Shutdown, or a cap to retire for.
+const phaseShrunk = 4
+
+// phaseBits masks the phase in its word.
+const phaseBits = 3
+
+// phaseWord holds a pool's phase and the phaseShrunk flag.
+type phaseWord struct{ v atomic.Uint32 }
+
+// Load returns the phase.
+func (w *phaseWord) Load() phase { return w.v.Load() & phaseBits }
+
+// word returns the phase and flags: phaseOpen alone means open, with no
+// surplus to retire.
+func (w *phaseWord) word() uint32 { return w.v.Load() }
+
+// CompareAndSwap moves the phase from old to new, keeping the flag, and
+// reports whether the phase was old.
+func (w *phaseWord) CompareAndSwap(old, new phase) bool {
+	for {
+		v := w.v.Load()
+		if v&phaseBits != old {
+			return false
+		}
+		if w.v.CompareAndSwap(v, v&^phaseBits|new) {
+			return true
+		}
+	}
+}
+
 // closing reports whether Shutdown has begun: the pool admits nothing.
 func (p *Pool) closing() bool { return p.phase.Load() != phaseOpen }
 

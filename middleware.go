@@ -246,9 +246,7 @@ func (p *Pool) submitKept(k *keptTasks) {
 func (p *Pool) overflowKept(ctx context.Context, kept []item) {
 	first := kept[0]
 	it := item{ctx: ctx, run: first.run}
-	if p.stamp {
-		it.at = p.now()
-	}
+	p.tag(&it)
 	if err := p.overflow(ctx, it, applyPolicy); err != nil {
 		p.keptRefused(first, err)
 	}

@@ -172,7 +172,7 @@ func (o *Overflow) Wait(ctx context.Context) error {
 	}
 	it := o.it
 	if o.pool.stamp {
-		it.at = o.pool.now()
+		it.setAt(o.pool.now())
 	}
 	if ctx != nil && !o.pool.closing() && o.pool.admitByStarting(it) { // a worker may have retired since the pool looked
 		o.settled = true
@@ -263,14 +263,27 @@ func (p *Pool) wait(ctx context.Context, it item) error {
 	}
 	p.waiting.Add(1)
 	defer p.waiting.Add(-1)
-	select {
-	case p.queue <- it: // admitted
-		p.admitted()
-		return nil
-	case <-ctx.Done(): // the submitter stopped waiting
-		return overloaded(ctx.Err())
-	case <-p.closingShard(): // Shutdown began: nothing more is admitted
-		return ErrClosed
+	var spare chan struct{} // nil: never ready
+	if cap(p.queue) == 0 {
+		spare = p.spare
+	}
+	for {
+		// A queue without a buffer admits a task only into a worker's
+		// hands: look for a parked one after counting this call in waiting,
+		// which a parking worker reads (see park.go).
+		if spare != nil && p.handOver(it) {
+			return nil
+		}
+		select {
+		case p.queue <- it: // admitted
+			p.admitted()
+			return nil
+		case <-spare: // a worker parked: look again
+		case <-ctx.Done(): // the submitter stopped waiting
+			return overloaded(ctx.Err())
+		case <-p.closingShard(): // Shutdown began: nothing more is admitted
+			return ErrClosed
+		}
 	}
 }
 
@@ -290,15 +303,9 @@ func (p *Pool) dropOldest(it item) error {
 		return p.reject(ErrClosed)
 	}
 	if p.stamp {
-		it.at = p.now()
+		it.setAt(p.now())
 	}
-	select {
-	case p.queue <- it: // room appeared: nothing is dropped
-		p.admitted()
-		return nil
-	default:
-	}
-	if p.admitByStarting(it) {
+	if p.enqueue(it) || p.admitByStarting(it) { // room appeared: nothing is dropped
 		return nil
 	}
 	var dropped []item
@@ -324,7 +331,7 @@ func (p *Pool) dropOldest(it item) error {
 	}
 	p.mu.Unlock()
 	for _, old := range dropped {
-		p.settle(OutcomeDropped, report{wait: old.waiter(), queued: true, at: old.at})
+		p.settle(OutcomeDropped, report{wait: old.waiter(), queued: true, at: old.at()})
 	}
 	if !queued {
 		p.settle(OutcomeDropped, report{wait: it.waiter()})

@@ -23,8 +23,8 @@ type Task func(ctx context.Context) error
 const MaxWorkers = math.MaxInt32
 
 // MaxQueueSize is the largest queue WithQueueSize accepts. New allocates
-// the queue's buffer at once, 40 bytes a slot on 64-bit machines, so this
-// largest queue takes 40 MiB.
+// the queue's buffer at once, 32 bytes a slot on 64-bit machines, so this
+// largest queue takes 32 MiB.
 const MaxQueueSize = 1 << 20
 
 // idleTimeout is how often reap retires idle workers, which return their
@@ -46,8 +46,10 @@ type Pool struct {
 	adapt   *controller  // nil without WithAdaptiveConcurrency
 	delays  *queueDelays // nil without WithQueueDelayTarget
 	// stamp: tasks need their admission time (WithMaxQueueWait,
-	// WithObserver, WithTaskWrapper, WithQueueDelayTarget).
-	stamp bool
+	// WithObserver, WithTaskWrapper, WithQueueDelayTarget), which their
+	// runners keep (see runner.stamp, stampedTask).
+	stamp  bool
+	stamps stampBlocks
 	// block: the policy is Block, so submit waits without an Overflow (see
 	// isBlock).
 	block bool
@@ -63,8 +65,8 @@ type Pool struct {
 	life   lifecycle // the signals of the phases (see phase)
 
 	// Read on every task, written rarely: they share a cache line.
-	workers atomic.Int64  // the size cap
-	phase   atomic.Uint32 // open, draining, drained or abandoned (see phase)
+	workers atomic.Int64 // the size cap
+	phase   phaseWord    // open, draining, drained or abandoned (see phase), and phaseShrunk
 	_       [52]byte
 
 	// Written when a worker starts, retires or parks: each on a line of its
@@ -72,7 +74,9 @@ type Pool struct {
 	// above.
 	active atomic.Int64 // worker loops started and not yet returned
 	_      [56]byte
-	parked atomic.Int64 // worker loops parked, waiting for a task
+	parked atomic.Int64 // workers on the idle stack, asleep or about to be (see park.go)
+	_      [56]byte
+	idle   atomic.Uint64 // the idle stack's top (see idleTop)
 	_      [56]byte
 
 	reaping atomic.Bool  // the reaper is due
@@ -83,6 +87,12 @@ type Pool struct {
 	handoffs   handoffs
 	handlers   handlers  // requests in a handler behind Middleware, for Serve
 	signals    sync.Pool // Do's recycled channels (see newSignal)
+	// spare tells submitters waiting for room in a hand-off-only queue that
+	// a worker has parked (see wait); it holds one signal.
+	spare chan struct{}
+	// indexed are the worker records by index (worker.idx - 1), for the
+	// idle stack: a copy made anew, under mu, when a record is added.
+	indexed atomic.Pointer[[]*worker]
 
 	stats counters
 
@@ -104,21 +114,47 @@ type item struct {
 	// with a context of the pool's that answers them (see taskContext).
 	ctx context.Context
 	// run is the task. Its type says what else there is to know (see
-	// waiter and job): a plain Task; an *awaited, a task someone waits for
-	// (Do, Group, Future); or a *jobRecord, a Job whose args the pool can
-	// hand off. A Task is pointer-shaped, so making it a runner allocates
+	// waiter, job and at): a plain Task; an *awaited, a task someone waits
+	// for (Do, Group, Future); a *jobRecord, a Job whose args the pool can
+	// hand off; a *stampedTask, a plain Task with its admission time; or a
+	// routedTask. A Task is pointer-shaped, so making it a runner allocates
 	// nothing.
 	run runner
-	// at is the admission time on the pool's clock, set only when p.stamp.
-	at time.Duration
 }
 
 // A runner is what an item runs.
 type runner interface {
 	run(ctx context.Context) error
+	// stamp returns where the task keeps its admission time, on the
+	// pool's clock, when the pool stamps its tasks (see Pool.stamp); nil
+	// for a runner that keeps none. The item does not keep it: 32 bytes,
+	// not 40, are cheaper to copy through the queue, and a Go compiler
+	// keeps a struct of four words in registers.
+	stamp() *time.Duration
 }
 
 func (t Task) run(ctx context.Context) error { return t(ctx) }
+
+func (Task) stamp() *time.Duration { return nil }
+
+// at returns the task's admission time on the pool's clock, zero when the
+// pool does not stamp its tasks.
+func (it *item) at() time.Duration {
+	if it.run != nil {
+		if at := it.run.stamp(); at != nil {
+			return *at
+		}
+	}
+	return 0
+}
+
+// setAt sets the task's admission time, in a pool that stamps its tasks:
+// its runner is one that keeps it (see tag).
+func (it *item) setAt(at time.Duration) {
+	if s := it.run.stamp(); s != nil {
+		*s = at
+	}
+}
 
 // waiter returns the record of whoever waits for the task, if anyone does.
 func (it *item) waiter() *awaited {
@@ -191,8 +227,9 @@ func New(size int, opts ...Option) (*Pool, error) {
 		route:   routeOf(observed || o.limiter != nil, delays != nil || adapt != nil),
 		epoch:   time.Now(),
 		callers: make(map[*slot]struct{}),
+		spare:   make(chan struct{}, 1),
 	}
-	p.tagged = p.stamp || p.route == routeControlled
+	p.tagged = p.stamp || p.route != routeFast
 	p.life.init()
 	p.signals.New = newSignal
 	p.workers.Store(int64(size))
@@ -247,6 +284,7 @@ func (p *Pool) Tune(size int) {
 func (p *Pool) setCap(size int) {
 	old := p.workers.Swap(int64(size))
 	if int64(size) < old {
+		p.phase.v.Or(phaseShrunk) // after the cap: see checkSurplus
 		p.retireParked()
 		return
 	}

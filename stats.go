@@ -55,9 +55,10 @@ func (s Stats) Ended() uint64 {
 
 // counters are a pool's outcome counters, each on its own cache line. The
 // one that changes with nearly every task on the workers' side, Completed,
-// is counted by each worker in a counter of its own (worker.done), which
-// Stats sums: one shared counter moved between the cores on nearly every
-// task. Only tasks completed on submitters (CallerRuns) use completed.
+// is counted by each worker in its slot's state word (see slotState),
+// which Stats sums, rather than in one shared counter moved between the
+// cores on nearly every task. Only tasks completed on submitters
+// (CallerRuns) use completed.
 type counters struct {
 	submitted padded // Submit calls, counted as they begin; see Stats
 	completed padded // OutcomeCompleted on submitters (CallerRuns); workers count their own
@@ -113,29 +114,52 @@ type report struct {
 }
 
 // The funnel. Every outcome is counted here, and nowhere else: settle for
-// one task, settleItems for a batch taken from the queue, countCompleted
+// one task, settleItems for a batch taken from the queue, slotState.complete
 // for a worker's own completions, and count for the tasks Shutdown abandons
 // in the workers' hands, whose telling follows (tell) when their workers
 // let go of them. Counting first and telling after keeps Stats' sum true
 // at every instant: a waiter told that its task will not run finds it
 // counted.
 
-// countCompleted counts a task that a worker's fast path completed (see
-// runTasks), while the pool is open: in the worker's own counter, which no
-// other worker's cache line shares, with nothing to tell.
-func (s *slot) countCompleted() { s.completed.Add(1) }
+// slotState is a slot's state (slotIdle...) in its low byte and, in the
+// rest, the number of tasks completed in the slot when it is a worker's:
+// one word, so that a worker moves its task from running to idle and
+// counts it in one atomic operation, on a cache line no other worker
+// writes, and Stats reads both at once. Only the slot's owner adds to the
+// count; Shutdown only moves the state.
+type slotState struct{ v atomic.Uint64 }
 
-// completedSlow settles a task of a worker's fast path that returned nil
-// once Shutdown has begun, or when it has counted the task Abandoned
-// meanwhile (swapped is false).
-func (p *Pool) completedSlow(s *slot, it *item, swapped bool) {
-	if !swapped {
-		p.finish(s, *it, OutcomeCompleted, report{queued: true, started: true, at: it.at})
-		return
-	}
-	s.countCompleted()
-	p.tell(OutcomeCompleted, report{})
+const (
+	slotStateBits = 0xff
+	completedOne  = slotStateBits + 1 // one completed task in the count
+)
+
+// Load returns the state.
+func (s *slotState) Load() uint32 { return uint32(s.v.Load() & slotStateBits) }
+
+// CompareAndSwap moves the state from old to new, and reports whether it
+// was old.
+func (s *slotState) CompareAndSwap(old, new uint32) bool {
+	v := s.v.Load()
+	return uint32(v&slotStateBits) == old && s.v.CompareAndSwap(v, v&^slotStateBits|uint64(new))
 }
+
+// Store sets the state. Only the owner calls it, from a state no one else
+// moves (idle, or abandoned after Shutdown's move).
+func (s *slotState) Store(state uint32) {
+	s.v.Store(s.v.Load()&^slotStateBits | uint64(state))
+}
+
+// complete moves the state from running to idle and counts one completed
+// task, and reports false if the state was not running: Shutdown counted
+// the task Abandoned.
+func (s *slotState) complete() bool {
+	v := s.v.Load()
+	return v&slotStateBits == uint64(slotRunning) && s.v.CompareAndSwap(v, v&^slotStateBits+completedOne|uint64(slotIdle))
+}
+
+// completed returns the count of tasks completed in the slot.
+func (s *slotState) completed() uint64 { return s.v.Load() / completedOne }
 
 // settle is where a task reaches its outcome: it counts it, reports it to
 // whoever waits for it and to the observer, and, once Shutdown has begun,
@@ -186,7 +210,7 @@ func (p *Pool) settleItems(out Outcome, its []item) {
 	if len(p.opts.observers) > 0 {
 		go func() {
 			for _, it := range its {
-				p.observe(out, report{queued: true, at: it.at})
+				p.observe(out, report{queued: true, at: it.at()})
 			}
 		}()
 	}
@@ -301,7 +325,7 @@ func (p *Pool) completed() uint64 {
 	n := p.stats.completed.Load()
 	p.mu.Lock()
 	for _, w := range p.all {
-		n += w.done.Load()
+		n += w.state.completed()
 	}
 	p.mu.Unlock()
 	return n

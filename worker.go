@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime/debug"
 	"sync/atomic"
 	"time"
@@ -15,15 +16,15 @@ import (
 // to abandoned when its deadline passes. Whoever moves a task out of
 // holding or running counts it, so every task is counted once.
 type slot struct {
-	state atomic.Uint32
+	state slotState
+	// counts tells whether the tasks completed in this slot are counted in
+	// its state word: a worker's are (see slotState); those of a CallerRuns
+	// slot, which is recycled, go to the pool's counter.
+	counts bool
 	// held is the task the owner holds while it waits for a rate-limit
 	// token, for taskExited: a limiter that calls runtime.Goexit ends the
 	// goroutine before the task starts.
 	held item
-	// completed counts the tasks completed in this slot when it is a
-	// worker's (see counters): a counter of the worker's own, which its
-	// goroutine alone writes. Slots of CallerRuns tasks use the pool's.
-	completed *atomic.Uint64
 	// waiter is the record of the last task in this slot that someone
 	// waits for (Do, Group, Future), stored before the task is claimed:
 	// Shutdown's deadline ends it, so that its waiter returns then even if
@@ -52,11 +53,21 @@ const (
 // Stats and Shutdown, and reused by later loops.
 type worker struct {
 	slot
-	done     padded        // the target of slot.completed
-	wake     chan struct{} // unbuffered: notices while parked (see notify); closed when Shutdown begins
-	pool     *Pool
-	loopFn   func() // w.loop, bound once so that starting a loop does not allocate
-	first    item   // the loop's first task, when it was started for one
+	_ [32]byte // the end of the slot, which the worker writes on every task, on a line of its own
+	// wake is where the worker, parked, gets what its claimer sends: a
+	// notice, or a task handed over (see park.go). It holds one item.
+	wake  chan item
+	idx   uint32        // the record's place in Pool.indexed, plus one: its name on the idle stack
+	below atomic.Uint32 // on the idle stack: the idx of the worker below, zero for none
+	park  atomic.Uint32 // parkBusy, parkIdle or parkStale
+	pool  *Pool
+	// loopFn is w.loop, bound once so that starting a loop does not
+	// allocate.
+	loopFn func()
+	// first is the task to run before any from the queue: the loop's first
+	// task, when it was started for one, or a task handed over to w as it
+	// took one from the queue itself (see next). Its owner's alone.
+	first    item
 	hasFirst bool
 }
 
@@ -83,10 +94,15 @@ func (p *Pool) startWorker(first *item) {
 	if n := len(p.free); n > 0 {
 		w, p.free = p.free[n-1], p.free[:n-1]
 	} else {
-		w = &worker{pool: p, wake: make(chan struct{})}
-		w.completed = &w.done.Uint64
+		w = &worker{pool: p, wake: make(chan item, 1)}
+		w.counts = true
 		w.loopFn = w.loop
 		p.all = append(p.all, w)
+		w.idx = uint32(len(p.all))
+		// p.all only grows: a reader of an older header never reads the
+		// element appended in place beyond it.
+		indexed := p.all
+		p.indexed.Store(&indexed)
 	}
 	p.startLoopLocked(w, first)
 }
@@ -103,7 +119,7 @@ func (p *Pool) startLoopLocked(w *worker, first *item) {
 		p.active.Add(-1)
 		p.left()
 		if first != nil {
-			p.settle(OutcomeAbandoned, report{wait: first.waiter(), queued: true, at: first.at})
+			p.settle(OutcomeAbandoned, report{wait: first.waiter(), queued: true, at: first.at()})
 		}
 		p.checkDrained()
 		return
@@ -127,29 +143,25 @@ func (p *Pool) startLoopLocked(w *worker, first *item) {
 // loop is the body of a worker: it runs tasks from the queue until it
 // retires (idle, surplus after Tune, or Shutdown with nothing left).
 func (w *worker) loop() {
-	it, ok := w.first, w.hasFirst
-	w.first, w.hasFirst = item{}, false
-	for w.runTasks(it, ok) { // a task panicked: the guard has settled it; go on
-		ok = false
+	for w.runTasks() { // a task panicked: the guard has settled it; go on
 	}
 }
 
-// runTasks runs tasks, first the one given if has, until w retires; it
+// runTasks runs tasks, w.first first if it has one, until w retires; it
 // returns true when a task panicked, once the panic is settled.
 //
-// A plain pool (no limiter, maximum queue wait, observer or wrapper) runs
-// each task on the fast path below, whose panic guard is this function's
-// one deferred call rather than one per task: a panic unwinds to it, it
-// settles the task Panicked, and loop calls runTasks again. A
-// runtime.Goexit in a task runs the guard too, which hands the worker over
-// (taskExited). Other pools run each task through run, which guards it.
-// Overload control rides the fast path: its tasks are records (see tag),
-// which claim passes through control.
-func (w *worker) runTasks(first item, has bool) (panicked bool) {
+// A plain Task of a pool with none of the options that need more (a
+// limiter, a maximum queue wait, an observer, a wrapper, overload control)
+// runs on the fast path below: the claim, the call and the settling written
+// out, with the panic guard this function's one deferred call rather than
+// one per task. A panic unwinds to it, it settles the task Panicked, and
+// loop calls runTasks again; a runtime.Goexit in a task runs the guard too,
+// which hands the worker over (taskExited). Every other task is a record
+// (see tag) that runRecord runs: it goes through run, which guards it, or
+// through claim, which applies overload control.
+func (w *worker) runTasks() (panicked bool) {
 	p := w.pool
-	var it item             // the task in hand, for the guard
-	var ctx context.Context // its context, for the error handler
-	var dc *deadlineContext // its deadline, to release
+	var ctx context.Context // the context of the task in hand, for the guard
 	returned := false
 	defer func() {
 		if returned {
@@ -160,7 +172,7 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 			p.taskExited(w)
 			return
 		}
-		if dc != nil {
+		if dc, ok := ctx.(*deadlineContext); ok {
 			dc.release()
 		}
 		exited := true
@@ -169,13 +181,15 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 				p.taskExited(w)
 			}
 		}()
-		p.taskPanicked(&w.slot, it, ctx, v, debug.Stack())
+		p.taskPanicked(&w.slot, ctx, v, debug.Stack())
 		exited = false
 		panicked = true
 	}()
+	var it item // the task in hand; not the guard's, which needs only ctx
 	for {
-		if has {
-			it, has = first, false
+		if w.hasFirst { // its slot may be starting: claim looks
+			it, w.first, w.hasFirst = w.first, item{}, false
+			w.runRecord(it, &ctx)
 		} else {
 			select {
 			case it = <-p.queue: // the common case under load
@@ -186,58 +200,111 @@ func (w *worker) runTasks(first item, has bool) (panicked bool) {
 					return false
 				}
 			}
-		}
-		if p.route == routeGuarded {
-			p.run(&w.slot, it)
-		} else {
-			// The claim, written out (a call would cost a tenth of the
-			// path): idle to running for a plain Task; a record (someone
-			// waits for it, and Job.Do may have taken it back; or a Job)
-			// goes through claim, and so does an abandoned task.
-			t, plain := it.run.(Task)
-			swapped := plain && w.state.CompareAndSwap(slotIdle, slotRunning)
-			if swapped && !p.isAbandoned() || p.claim(&w.slot, &it, swapped) {
-				switch {
-				case p.opts.taskTimeout > 0:
-					dc = w.deadlineContext(p, it.ctx, p.opts.taskTimeout)
-					ctx = dc
-				case plain && valueless(it.ctx):
-					ctx = p.base
-				default:
-					ctx = newTaskContext(p.base, &it)
-				}
-				var err error
-				if plain {
-					err = t(ctx) // a direct call: the common case
-				} else {
-					err = it.run.run(ctx)
-					if w.start != 0 { // timed by the controller (see startTiming)
-						p.ran(&w.slot, outcomeOf(err))
+			if t, plain := it.run.(Task); plain {
+				// The claim: idle to running, a move no one else makes;
+				// then a look at the phase, which Shutdown's abandonment
+				// moves before it looks at the slots.
+				w.state.Store(slotRunning)
+				if p.phase.word() >= phaseDrained {
+					if p.isAbandoned() {
+						p.finish(&w.slot, it, OutcomeAbandoned, report{queued: true})
+						continue
 					}
 				}
-				if dc != nil {
+				var err error
+				if d := p.opts.taskTimeout; d > 0 {
+					dc := w.deadlineContext(p, it.ctx, d)
+					ctx = dc
+					err = t(dc)
 					dc.release()
-					dc = nil
+				} else {
+					if valueless(&it.ctx) {
+						ctx = p.base
+					} else {
+						ctx = &taskContext{pool: p.base, values: it.ctx}
+					}
+					err = t(ctx) // a direct call: the common case
 				}
-				// The settling, written out: the worker counts its own
-				// completions while the pool is open; the rest is rare.
-				switch done := err == nil && w.state.CompareAndSwap(slotRunning, slotIdle); {
-				case done && !p.closing():
-					w.countCompleted()
-				case done:
-					p.completedSlow(&w.slot, &it, true)
-				case err == nil: // Shutdown counted it Abandoned meanwhile
-					p.completedSlow(&w.slot, &it, false)
-				default:
-					p.taskFailed(&w.slot, &it, ctx, err)
+				// The settling: a completed task is counted in the
+				// worker's own word (see slotState.complete).
+				if err != nil || !w.state.complete() {
+					p.taskEnded(&w.slot, it, ctx, err)
 				}
+			} else {
+				w.runRecord(it, &ctx)
 			}
 		}
-		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
+		// Anything but the next task: Shutdown, or a cap to retire for.
+		if p.phase.word() != phaseOpen && p.afterTask(w) {
 			returned = true
 			return false
 		}
 	}
+}
+
+// runRecord runs a task that is not a plain Task of the fast path: a
+// loop's first task, a task someone waits for, a Job, or any task of a
+// pool whose tasks are guarded (see run) or controlled (see claim). It
+// sets *ctx to the task's context, for runTasks' guard.
+func (w *worker) runRecord(it item, ctx *context.Context) {
+	p := w.pool
+	if p.route == routeGuarded {
+		p.run(&w.slot, it)
+		return
+	}
+	if !p.claim(&w.slot, &it, false) {
+		return
+	}
+	var dc *deadlineContext
+	if d := p.opts.taskTimeout; d > 0 {
+		dc = w.deadlineContext(p, it.ctx, d)
+		*ctx = dc
+	} else {
+		*ctx = newTaskContext(p.base, &it)
+	}
+	err := it.run.run(*ctx)
+	if w.start != 0 { // timed by the controller (see startTiming)
+		p.ran(&w.slot, outcomeOf(err))
+	}
+	if dc != nil {
+		dc.release()
+	}
+	if err != nil || !w.state.complete() {
+		p.taskEnded(&w.slot, it, *ctx, err)
+	}
+}
+
+// afterTask runs after a task, on a pool that is no longer open or whose
+// cap was lowered: it reports whether w retires as surplus. While Shutdown
+// drains the pool, a task completed on the fast path tells Shutdown, which
+// waits for the last one (see checkDrained).
+func (p *Pool) afterTask(w *worker) bool {
+	// While the queue holds tasks the pool cannot have drained (see tell).
+	if p.closing() && len(p.queue) == 0 {
+		p.checkDrained()
+	}
+	return p.checkSurplus(w)
+}
+
+// checkSurplus retires w, and reports true, while more worker loops are
+// active than the cap allows; it clears phaseShrunk once none are. Tune
+// lowers the cap and then sets the flag, and checkSurplus clears it and
+// then looks at the cap again, so a shrinking that comes meanwhile is
+// never missed.
+func (p *Pool) checkSurplus(w *worker) bool {
+	for p.phase.word()&phaseShrunk != 0 {
+		if p.active.Load() > p.workers.Load() {
+			if p.retire(w, surplus) {
+				return true
+			}
+			continue
+		}
+		p.phase.v.And(^uint32(phaseShrunk))
+		if p.active.Load() > p.workers.Load() {
+			p.phase.v.Or(phaseShrunk)
+		}
+	}
+	return false
 }
 
 // claim moves s to running for it (from idle, or from starting for a
@@ -264,7 +331,7 @@ func (p *Pool) claimSlot(s *slot, it *item, swapped bool) bool {
 		s.waiter.Store(c) // before the claim: Shutdown reads it after its own
 	}
 	if !swapped && !s.state.CompareAndSwap(slotIdle, slotRunning) && !s.state.CompareAndSwap(slotStarting, slotRunning) || p.isAbandoned() {
-		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
+		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at()})
 		return false
 	}
 	return p.claimAwaited(s, it)
@@ -274,45 +341,42 @@ func (p *Pool) claimSlot(s *slot, it *item, swapped bool) bool {
 // reporting false, when Job.Do's waiter took it back.
 func (p *Pool) claimAwaited(s *slot, it *item) bool {
 	if c := it.waiter(); c != nil && !c.claim() {
-		p.finish(s, *it, OutcomeDropped, report{queued: true, at: it.at})
+		p.finish(s, *it, OutcomeDropped, report{queued: true, at: it.at()})
 		return false
 	}
 	return true
 }
 
-// taskFailed settles a task of the fast path that returned err.
-func (p *Pool) taskFailed(s *slot, it *item, ctx context.Context, err error) {
-	if !p.isAbandoned() && !echoesGroup(*it, err) {
+// taskEnded settles a task of the workers that did not complete on their
+// fast path: it returned err, or it returned nil after Shutdown counted it
+// Abandoned meanwhile.
+func (p *Pool) taskEnded(s *slot, it item, ctx context.Context, err error) {
+	if err == nil {
+		p.finish(s, it, OutcomeCompleted, report{queued: true, started: true, at: it.at()})
+		return
+	}
+	if !p.isAbandoned() && !echoesGroup(it, err) {
 		p.handleError(ctx, err)
 	}
-	p.finish(s, *it, OutcomeFailed, report{queued: true, started: true, at: it.at, err: err})
+	p.finish(s, it, OutcomeFailed, report{queued: true, started: true, at: it.at(), err: err})
 }
 
-// taskPanicked settles a task of the fast path that panicked with v.
-func (p *Pool) taskPanicked(s *slot, it item, ctx context.Context, v any, stack []byte) {
+// taskPanicked settles a task of the workers that panicked with v. It
+// started, so its waiter, if any, has heard of it.
+func (p *Pool) taskPanicked(s *slot, ctx context.Context, v any, stack []byte) {
 	err := &PanicError{Value: v, Stack: stack}
 	if !p.isAbandoned() {
 		p.handleError(ctx, err)
 	}
-	p.finish(s, it, OutcomePanicked, report{queued: true, started: true, at: it.at, err: err})
+	p.finish(s, item{}, OutcomePanicked, report{queued: true, started: true, err: err})
 }
 
-// next returns the next task for w, parking until one comes, or reports
-// false when w has retired: on a notice, as surplus, or because Shutdown
-// has begun and the queue is empty (or abandoned).
-//
-// A parked worker waits on the queue and on its own wake channel: no timer,
-// and no channel shared with the other workers besides the queue, so that
-// parking costs little more than a channel receive. Notices on the wake
-// channel retire idle workers (reap) and surplus ones (Tune); Shutdown
-// closes it.
+// next returns the next task for w once the queue has none at hand: it
+// parks w until one comes, or reports false when w retires (on a notice,
+// as surplus, or because Shutdown has begun and nothing is left to drain).
+// A parked worker sleeps on its own wake channel (see park.go).
 func (p *Pool) next(w *worker) (item, bool) {
 	for {
-		select {
-		case it := <-p.queue: // the common case under load: the queue is not empty
-			return it, true
-		default:
-		}
 		if p.closing() {
 			if it, ok := p.drainOne(); ok {
 				return it, true
@@ -322,24 +386,73 @@ func (p *Pool) next(w *worker) (item, bool) {
 			}
 			continue // a task arrived as w was leaving
 		}
-		p.parked.Add(1)
-		// Checked after counting itself parked: Tune sets the new size first
-		// and then looks at parked.
 		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
-			p.parked.Add(-1)
 			return item{}, false
 		}
-		select {
-		case it := <-p.queue: // a submitter handed over a task
-			p.parked.Add(-1)
-			return it, true
-		case <-w.wake: // a notice, or Shutdown began (closed)
-			p.parked.Add(-1)
-			if !p.closing() && p.retire(w, notice) {
-				return item{}, false
+		p.park(w)
+		// Look again, now that w is on the stack: either this look, or the
+		// other side's look at the stack, sees the other (see park.go).
+		it, took := p.takeTask()
+		var woke item
+		switch {
+		case took || p.closing() || p.active.Load() > p.workers.Load():
+			if p.unpark(w) {
+				if took {
+					p.wakeForQueue()
+					return it, true
+				}
+				continue
 			}
+			woke = <-w.wake // claimed meanwhile: its claimer's item is on its way
+			if took {
+				p.passOn(w, woke)
+				p.wakeForQueue()
+				return it, true
+			}
+		default:
+			if cap(p.queue) == 0 && p.waiting.Load() > 0 {
+				p.signalSpare()
+			}
+			woke = <-w.wake
+		}
+		n, ok := woke.run.(notice)
+		if !ok { // a task handed over (a hand-off-only queue)
+			return woke, true
+		}
+		if n == noticeRetire && !p.closing() && p.retire(w, noticed) {
+			return item{}, false
+		}
+		if it, ok := p.takeTask(); ok {
+			p.wakeForQueue()
+			return it, true
 		}
 	}
+}
+
+// wakeForQueue wakes an idle worker when tasks are still queued, after a
+// worker woke to take one: the worker that a submitter woke may have
+// taken a task that another submitter, who found no worker idle, left for
+// it when it looked again after parking, and so it passes the wake on.
+func (p *Pool) wakeForQueue() {
+	if p.parked.Load() > 0 && len(p.queue) > 0 {
+		p.wakeIdle(1, noticeQueue)
+	}
+}
+
+// passOn deals with what w's claimer sent it when w had already taken a
+// task from the queue: a notice needs nothing more (w is awake, and sees
+// Tune and Shutdown after its task), and a task handed over goes to
+// another idle worker, or a new one if the cap allows, or else runs on w
+// after the task it took.
+func (p *Pool) passOn(w *worker, woke item) {
+	if _, ok := woke.run.(notice); ok || p.handOver(woke) {
+		return
+	}
+	if p.activate() {
+		p.startWorker(&woke)
+		return
+	}
+	w.first, w.hasFirst = woke, true
 }
 
 // drainOne takes a task from the queue while Shutdown drains it. After an
@@ -367,7 +480,7 @@ func (p *Pool) takeTask() (item, bool) {
 type retirement uint8
 
 const (
-	notice  retirement = iota // it received a notice: surplus after Tune, or idle; the last worker stays
+	noticed retirement = iota // it received a notice: surplus after Tune, or idle; the last worker stays
 	surplus                   // Tune made the cap smaller than active
 	closing                   // Shutdown began and the queue is empty
 )
@@ -386,7 +499,7 @@ func (p *Pool) retire(w *worker, why retirement) bool {
 	for {
 		n := p.active.Load()
 		switch {
-		case why == notice && n <= 1:
+		case why == noticed && n <= 1:
 			return false
 		case why == surplus && n <= p.workers.Load():
 			return false
@@ -415,7 +528,7 @@ func (p *Pool) retire(w *worker, why retirement) bool {
 // timeouts, and a busy one, whose workers are seldom parked, loses little.
 func (p *Pool) reap() {
 	for {
-		p.notify(min((p.parked.Load()+1)/2, p.active.Load()-1))
+		p.wakeIdle(min((p.parked.Load()+1)/2, p.active.Load()-1), noticeRetire)
 		if p.active.Load() > 1 && !p.closing() {
 			p.reaper.Reset(idleTimeout)
 			return
@@ -439,40 +552,13 @@ func (p *Pool) armReaper() {
 // retireParked wakes parked workers after Tune made the pool smaller, so
 // that they retire now rather than take new tasks beyond the new cap.
 func (p *Pool) retireParked() {
-	p.notify(min(p.active.Load()-p.workers.Load(), p.parked.Load()))
+	p.wakeIdle(min(p.active.Load()-p.workers.Load(), p.parked.Load()), noticeRetire)
 }
 
-// notify sends up to n notices, each to a worker parked at that moment:
-// a send on a worker's unbuffered wake channel succeeds only if it is
-// parked. p.mu orders the sends with Shutdown's closing of the channels.
-func (p *Pool) notify(n int64) {
-	if n <= 0 {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closing() {
-		return
-	}
-	for _, w := range p.all {
-		if n == 0 {
-			return
-		}
-		select {
-		case w.wake <- struct{}{}:
-			n--
-		default: // not parked
-		}
-	}
-}
-
-// wakeParked closes every worker's wake channel once Shutdown has begun:
-// parked workers wake and find the pool closed, and none parks again.
-// Requires p.mu.
+// wakeParked wakes every parked worker once Shutdown has begun: they find
+// the pool closed and come to drain the queue, and none parks again.
 func (p *Pool) wakeParked() {
-	for _, w := range p.all {
-		close(w.wake)
-	}
+	p.wakeIdle(math.MaxInt64, noticeClose)
 }
 
 // taskExited takes over when a task, or the limiter, observer or error
@@ -491,7 +577,7 @@ func (p *Pool) taskExited(w *worker) {
 	case slotHolding: // the limiter called Goexit: the task never started
 		it := w.held
 		w.held = item{}
-		p.finish(&w.slot, it, OutcomeDropped, report{queued: true, at: it.at, err: errLimiterGoexit})
+		p.finish(&w.slot, it, OutcomeDropped, report{queued: true, at: it.at(), err: errLimiterGoexit})
 	case slotRunning, slotStarting, slotAbandoned:
 		p.finish(&w.slot, item{}, OutcomeFailed, report{queued: true, started: true, err: errGoexit})
 	}
@@ -535,7 +621,7 @@ func (p *Pool) run(s *slot, it item) {
 	if s.start != 0 {
 		p.ran(s, out)
 	}
-	p.finish(s, it, out, report{queued: true, started: true, at: it.at, ran: ran, err: err})
+	p.finish(s, it, out, report{queued: true, started: true, at: it.at(), ran: ran, err: err})
 }
 
 // finish moves s back to idle and settles its task with out, unless
@@ -561,14 +647,16 @@ func (p *Pool) finish(s *slot, it item, out Outcome, r report) {
 			}
 			return
 		}
+		if out == OutcomeCompleted && s.counts && st == slotRunning {
+			if s.state.complete() { // counted in the worker's own word
+				p.tell(out, r)
+				return
+			}
+			continue
+		}
 		if s.state.CompareAndSwap(st, slotIdle) {
 			break
 		}
-	}
-	if out == OutcomeCompleted && s.completed != nil {
-		s.countCompleted() // the worker's own counter: no cache line shared with other workers
-		p.tell(out, r)
-		return
 	}
 	p.settle(out, r)
 }
@@ -583,21 +671,21 @@ func (p *Pool) finish(s *slot, it item, out Outcome, r report) {
 // When gate reads the clock, it stores the time in *now, for run.
 func (p *Pool) gate(s *slot, it *item, now *time.Duration) bool {
 	if !s.state.CompareAndSwap(slotIdle, slotHolding) && !s.state.CompareAndSwap(slotStarting, slotHolding) {
-		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at}) // a first task abandoned as its loop started
+		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at()}) // a first task abandoned as its loop started
 		return false
 	}
 	if p.isAbandoned() {
-		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
+		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at()})
 		return false
 	}
 	if p.opts.maxQueueWait > 0 || p.delays != nil {
 		*now = p.now()
-		if p.opts.maxQueueWait > 0 && *now-it.at > p.opts.maxQueueWait {
-			p.finish(s, *it, OutcomeExpired, report{queued: true, at: it.at})
+		if p.opts.maxQueueWait > 0 && *now-it.at() > p.opts.maxQueueWait {
+			p.finish(s, *it, OutcomeExpired, report{queued: true, at: it.at()})
 			return false
 		}
 		if p.delays != nil && p.delayed(*now, it) {
-			p.finish(s, *it, outcomeDelayed, report{queued: true, at: it.at})
+			p.finish(s, *it, outcomeDelayed, report{queued: true, at: it.at()})
 			return false
 		}
 	}
@@ -608,17 +696,17 @@ func (p *Pool) gate(s *slot, it *item, now *time.Duration) bool {
 		s.held = item{}
 		if err != nil {
 			if p.isAbandoned() {
-				p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
+				p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at()})
 				return false
 			}
 			err = fmt.Errorf("bgpool: rate limiter failed; task dropped: %w", err)
 			p.handleError(it.ctx, err)
-			p.finish(s, *it, OutcomeDropped, report{queued: true, at: it.at, err: err})
+			p.finish(s, *it, OutcomeDropped, report{queued: true, at: it.at(), err: err})
 			return false
 		}
 	}
 	if !s.state.CompareAndSwap(slotHolding, slotRunning) { // abandoned while it waited
-		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at})
+		p.finish(s, *it, OutcomeAbandoned, report{queued: true, at: it.at()})
 		return false
 	}
 	return true
@@ -702,7 +790,7 @@ func (p *Pool) callWrapped(ctx context.Context, it item, queued bool) (err error
 		info.Kind = c.kind
 	}
 	if queued {
-		info.QueueWait = max(0, p.now()-it.at)
+		info.QueueWait = max(0, p.now()-it.at())
 	}
 	var recovered error
 	run := func(ctx context.Context) error {
