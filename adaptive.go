@@ -1,6 +1,7 @@
 package bgpool
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"slices"
@@ -81,7 +82,8 @@ const delayMemory = 10 * delayInterval
 // safe for concurrent use; each costs an atomic load or two.
 type queueDelays struct {
 	target time.Duration
-	last   atomic.Int64 // the wait of the task taken last, for Stats
+	small  time.Duration // target / 8: a wait worth showing in Stats
+	last   atomic.Int64  // the wait of the task taken last, for Stats
 	// standing is when the queue's delay rose above target, on the pool's
 	// clock, plus one; zero while it is below, or the queue has emptied.
 	standing atomic.Int64
@@ -90,16 +92,24 @@ type queueDelays struct {
 	dropped atomic.Int64
 }
 
-// keep records that a worker took a task from the queue at now after it
-// waited, and reports whether the task may run. emptied tells whether the
-// queue was empty after it, which ends a standing queue.
-func (q *queueDelays) keep(now, waited time.Duration, emptied bool) bool {
+// newQueueDelays returns the delay control for target.
+func newQueueDelays(target time.Duration) *queueDelays {
+	return &queueDelays{target: target, small: target / 8}
+}
+
+// keep records that a worker took a task from queue at now after it
+// waited, and reports whether the task may run. The queue being empty
+// after it ends a standing queue.
+func (q *queueDelays) keep(now, waited time.Duration, queue chan item) bool {
 	// One line written by every worker: written only when the delay is
 	// worth showing, an eighth of the target or more, or was.
-	if small := q.target / 8; waited >= small || time.Duration(q.last.Load()) >= small {
+	if waited >= q.small || time.Duration(q.last.Load()) >= q.small {
 		q.last.Store(int64(waited))
 	}
 	since := q.standing.Load()
+	if since == 0 && waited <= q.target { // no standing queue: the common case
+		return true
+	}
 	if since == 0 && waited > q.target {
 		// The queue has stood above target since this task's wait passed
 		// it, which may be long before a worker came for it; if the pool
@@ -114,7 +124,7 @@ func (q *queueDelays) keep(now, waited time.Duration, emptied bool) bool {
 		}
 	}
 	dropping := since != 0 && now-time.Duration(since-1) >= delayInterval
-	if emptied || since != 0 && !dropping && waited <= q.target {
+	if since != 0 && (len(queue) == 0 || !dropping && waited <= q.target) {
 		q.standing.Store(0)
 	}
 	if dropping && waited > q.target {
@@ -229,7 +239,7 @@ func (s *slot) timed() bool {
 // queue at now. Once Shutdown has begun nothing is dropped for its delay:
 // the drain's deadline decides what is too late.
 func (p *Pool) delayed(now time.Duration, it *item) bool {
-	return !p.delays.keep(now, now-it.at(), len(p.queue) == 0) && !p.closing()
+	return !p.delays.keep(now, now-it.at(), p.queue) && !p.closing()
 }
 
 // control is the queue's delay control on the workers' fast path, in
@@ -246,6 +256,59 @@ func (p *Pool) control(it *item) (now time.Duration, keep bool) {
 		return now, false
 	}
 	return now, true
+}
+
+// runControlled runs task, a plain Task of a pool with overload control,
+// admitted at at (zero without WithQueueDelayTarget): the queue's delay
+// control, the claim, the controller's timing, the call and the settling,
+// written out as on the workers' fast path (see runTasks). It sets *ctx to
+// the task's context, for runTasks' guard.
+func (w *worker) runControlled(task Task, at time.Duration, it item, ctx *context.Context) {
+	p := w.pool
+	var now time.Duration
+	if p.delays != nil {
+		now = p.now()
+		// Dropped from the worker's hands with its slot still idle, where
+		// Shutdown's deadline does not look.
+		if !p.delays.keep(now, now-at, p.queue) && !p.closing() {
+			p.settle(outcomeDelayed, report{queued: true, at: at})
+			return
+		}
+	}
+	if !w.state.CompareAndSwap(slotIdle, slotRunning) && !w.state.CompareAndSwap(slotStarting, slotRunning) || p.isAbandoned() {
+		p.finish(&w.slot, it, OutcomeAbandoned, report{queued: true, at: at})
+		return
+	}
+	if p.adapt != nil { // startTiming, written out
+		switch {
+		case !w.timed():
+			w.start = 0
+		case now != 0:
+			w.start = now
+		default:
+			w.start = p.now()
+		}
+	}
+	var dc *deadlineContext
+	switch d := p.opts.taskTimeout; {
+	case d > 0:
+		dc = w.deadlineContext(p, it.ctx, d)
+		*ctx = dc
+	case valueless(&it.ctx):
+		*ctx = p.base
+	default:
+		*ctx = &taskContext{pool: p.base, values: it.ctx}
+	}
+	err := task(*ctx)
+	if w.start != 0 { // timed (see startTiming)
+		p.ran(&w.slot, outcomeOf(err))
+	}
+	if dc != nil {
+		dc.release()
+	}
+	if err != nil || !w.state.complete() {
+		p.taskEnded(&w.slot, it, *ctx, err)
+	}
 }
 
 // startTiming records in s.start when the task in s starts, now if that

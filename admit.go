@@ -53,9 +53,9 @@ const (
 var errKept = errors.New("bgpool: kept task needs the policy")
 
 // submit is the hot path: count the call, and hand the task run to the
-// queue (or straight to a parked worker) if it has room. Everything else is
-// in overflow. ctx is the submitter's: its values go with the task, and it
-// bounds a wait for room.
+// queue if it has room. Everything else is in submitSlow and overflow. ctx
+// is the submitter's: its values go with the task, and it bounds a wait
+// for room.
 func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 	// Counted before closed is read, so that a Shutdown that begins now
 	// sees this task as unsettled and waits for it (see checkDrained).
@@ -66,25 +66,48 @@ func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 	if p.closing() {
 		return p.reject(ErrClosed)
 	}
-	it := item{ctx: ctx, run: run}
-	if p.tagged {
-		p.tag(&it)
-	}
-	// A parked worker and an empty queue: hand the task over, which spares
-	// it the queue's buffer and the worker a look at the queue.
-	if p.parked.Load() > 0 && len(p.queue) == 0 && p.handOver(it) {
-		return nil
+	if p.tagged || p.parked.Load() > 0 {
+		return p.submitSlow(item{ctx: ctx, run: run}, mode)
 	}
 	select {
-	case p.queue <- it: // admitted: it waits in the queue
-		// With no worker parked, at the cap (the steady state under load)
-		// and open, nothing more is to do; admitted looks further.
-		if p.parked.Load() > 0 || p.active.Load() < p.workers.Load() || p.isAbandoned() {
+	case p.queue <- item{ctx: ctx, run: run}: // admitted: it waits in the queue
+		if p.parked.Load() > 0 || p.active.Load() < p.workers.Load() || p.isAbandoned() { // enqueued, written out
 			p.admitted()
 		}
 		return nil
 	default: // the queue is full
-		return p.overflow(ctx, it, mode)
+		return p.overflow(ctx, item{ctx: ctx, run: run}, mode)
+	}
+}
+
+// submitSlow is submit for a pool that tags its tasks (see tag), or when a
+// worker is parked: with the queue empty, the task is handed over to it,
+// which spares it the queue's buffer and the worker a look at the queue.
+func (p *Pool) submitSlow(it item, mode submitMode) error {
+	if p.tagged {
+		p.tag(&it)
+	}
+	if p.parked.Load() > 0 && len(p.queue) == 0 && p.handOver(it) {
+		return nil
+	}
+	select {
+	case p.queue <- it:
+		p.enqueued()
+		return nil
+	default:
+	}
+	if cap(p.queue) == 0 && p.handOver(it) {
+		return nil
+	}
+	return p.overflow(it.ctx, it, mode)
+}
+
+// enqueued runs after a task has entered the queue: with no worker parked,
+// at the cap (the steady state under load) and open, nothing more is to
+// do; admitted looks further.
+func (p *Pool) enqueued() {
+	if p.parked.Load() > 0 || p.active.Load() < p.workers.Load() || p.isAbandoned() {
+		p.admitted()
 	}
 }
 
@@ -95,11 +118,14 @@ func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 // stamps it anew.
 func (p *Pool) tag(it *item) {
 	if t, ok := it.run.(Task); ok && p.route != routeFast {
-		if p.stamp {
-			it.run = p.stamps.take(t)
-		} else {
+		if !p.stamp {
 			it.run = routedTask(t)
+			return
 		}
+		s := p.stamps.take()
+		s.task, s.at = t, p.now()
+		it.run = s
+		return
 	}
 	if p.stamp {
 		it.setAt(p.now())
@@ -141,22 +167,29 @@ type stampBlock struct {
 
 // take returns a stampedTask for t, never handed out before. It is safe
 // for concurrent use.
-func (b *stampBlocks) take(t Task) *stampedTask {
+func (b *stampBlocks) take() *stampedTask {
+	if cur := b.cur.Load(); cur != nil {
+		if i := cur.taken.Add(1); i <= stampBatch {
+			return &cur.tasks[i-1]
+		}
+	}
+	return b.takeNew()
+}
+
+// takeNew starts a new block, or takes from one that another goroutine
+// started meanwhile.
+func (b *stampBlocks) takeNew() *stampedTask {
 	for {
 		cur := b.cur.Load()
 		if cur != nil {
 			if i := cur.taken.Add(1); i <= stampBatch {
-				s := &cur.tasks[i-1]
-				s.task = t
-				return s
+				return &cur.tasks[i-1]
 			}
 		}
 		next := new(stampBlock)
 		next.taken.Store(1)
 		if b.cur.CompareAndSwap(cur, next) {
-			s := &next.tasks[0]
-			s.task = t
-			return s
+			return &next.tasks[0]
 		}
 	}
 }
@@ -201,7 +234,7 @@ func (p *Pool) admitted() {
 func (p *Pool) enqueue(it item) bool {
 	select {
 	case p.queue <- it:
-		p.admitted()
+		p.enqueued()
 		return true
 	default:
 	}

@@ -140,6 +140,9 @@ func (Task) stamp() *time.Duration { return nil }
 // at returns the task's admission time on the pool's clock, zero when the
 // pool does not stamp its tasks.
 func (it *item) at() time.Duration {
+	if s, ok := it.run.(*stampedTask); ok { // the common case, without a call
+		return s.at
+	}
 	if it.run != nil {
 		if at := it.run.stamp(); at != nil {
 			return *at
@@ -212,7 +215,7 @@ func New(size int, opts ...Option) (*Pool, error) {
 		size = min(max(size, o.adaptMin), o.adaptMax)
 	}
 	if o.delayTarget > 0 {
-		delays = &queueDelays{target: o.delayTarget}
+		delays = newQueueDelays(o.delayTarget)
 	}
 	observed := o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil
 	stamp := observed || delays != nil

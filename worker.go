@@ -230,6 +230,8 @@ func (w *worker) runTasks() (panicked bool) {
 				if err != nil || !w.state.complete() {
 					p.taskEnded(&w.slot, it, ctx, err)
 				}
+			} else if st, ok := it.run.(*stampedTask); ok && p.route == routeControlled {
+				w.runControlled(st.task, st.at, it, &ctx)
 			} else {
 				w.runRecord(it, &ctx)
 			}
@@ -248,9 +250,19 @@ func (w *worker) runTasks() (panicked bool) {
 // sets *ctx to the task's context, for runTasks' guard.
 func (w *worker) runRecord(it item, ctx *context.Context) {
 	p := w.pool
-	if p.route == routeGuarded {
+	switch p.route {
+	case routeGuarded:
 		p.run(&w.slot, it)
 		return
+	case routeControlled:
+		switch r := it.run.(type) {
+		case *stampedTask:
+			w.runControlled(r.task, r.at, it, ctx)
+			return
+		case routedTask:
+			w.runControlled(Task(r), 0, it, ctx)
+			return
+		}
 	}
 	if !p.claim(&w.slot, &it, false) {
 		return
