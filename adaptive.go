@@ -226,7 +226,10 @@ const (
 	shortEvery = 16
 )
 
-// timed reports whether the controller times s's next task.
+// timed reports whether s's owner times its next task: the controller reads
+// the run times of the tasks it times (see controller), and a worker of a
+// pool with overload control reads the clock only for them (see
+// runControlled).
 func (s *slot) timed() bool {
 	if s.long || s.sampling == 0 {
 		return true
@@ -260,34 +263,39 @@ func (p *Pool) control(it *item) (now time.Duration, keep bool) {
 
 // runControlled runs task, a plain Task of a pool with overload control,
 // admitted at at (zero without WithQueueDelayTarget): the queue's delay
-// control, the claim, the controller's timing, the call and the settling,
-// written out as on the workers' fast path (see runTasks). It sets *ctx to
-// the task's context, for runTasks' guard.
+// control, the claim, the timing, the call and the settling, written out as
+// on the workers' fast path (see runTasks). It sets *ctx to the task's
+// context, for runTasks' guard.
+//
+// A clock read costs about as much as the rest of an empty task's way
+// through the pool, so a worker reads the clock only for the tasks it
+// times (see timed): as one starts, unless the task before it was timed
+// too, whose end is the reading, and as it ends. The delay control judges
+// the other tasks by the worker's last reading (slot.clock): at most a
+// batch of short tasks old, never ahead of the clock, so that a task's
+// wait is never overstated and no task is dropped before it has waited
+// the target.
 func (w *worker) runControlled(task Task, at time.Duration, it item, ctx *context.Context) {
 	p := w.pool
-	var now time.Duration
-	if p.delays != nil {
+	timed := w.timed()
+	now := w.clock
+	if !w.fresh && (timed || now == 0) {
 		now = p.now()
-		// Dropped from the worker's hands with its slot still idle, where
-		// Shutdown's deadline does not look.
-		if !p.delays.keep(now, now-at, p.queue) && !p.closing() {
-			p.settle(outcomeDelayed, report{queued: true, at: at})
-			return
-		}
+	}
+	w.fresh = false
+	// Dropped from the worker's hands with its slot still idle, where
+	// Shutdown's deadline does not look.
+	if p.delays != nil && !p.delays.keep(now, max(0, now-at), p.queue) && !p.closing() {
+		p.settle(outcomeDelayed, report{queued: true, at: at})
+		return
 	}
 	if !w.state.CompareAndSwap(slotIdle, slotRunning) && !w.state.CompareAndSwap(slotStarting, slotRunning) || p.isAbandoned() {
 		p.finish(&w.slot, it, OutcomeAbandoned, report{queued: true, at: at})
 		return
 	}
-	if p.adapt != nil { // startTiming, written out
-		switch {
-		case !w.timed():
-			w.start = 0
-		case now != 0:
-			w.start = now
-		default:
-			w.start = p.now()
-		}
+	w.start = 0
+	if timed {
+		w.start = now
 	}
 	var dc *deadlineContext
 	switch d := p.opts.taskTimeout; {
@@ -300,7 +308,7 @@ func (w *worker) runControlled(task Task, at time.Duration, it item, ctx *contex
 		*ctx = &taskContext{pool: p.base, values: it.ctx}
 	}
 	err := task(*ctx)
-	if w.start != 0 { // timed (see startTiming)
+	if w.start != 0 {
 		p.ran(&w.slot, outcomeOf(err))
 	}
 	if dc != nil {
@@ -316,6 +324,7 @@ func (w *worker) runControlled(task Task, at time.Duration, it item, ctx *contex
 // does not, so that no start is left from a task that panicked; ran reads
 // it.
 func (p *Pool) startTiming(s *slot, now time.Duration) {
+	s.fresh = false
 	if p.adapt == nil {
 		return
 	}
@@ -338,11 +347,14 @@ func outcomeOf(err error) Outcome {
 }
 
 // ran feeds the controller the task that ran in s from s.start (on the
-// pool's clock) to now, and moves the cap when it says so.
+// pool's clock) to now, and moves the cap when it says so; without
+// WithAdaptiveConcurrency it only learns whether s's tasks are short (see
+// timed). now becomes s's last clock reading.
 func (p *Pool) ran(s *slot, out Outcome) {
 	now := p.now()
 	d := now - s.start
 	s.start = 0
+	s.clock, s.fresh = now, true
 	weight := 1
 	if !s.long {
 		weight = shortEvery
@@ -350,6 +362,9 @@ func (p *Pool) ran(s *slot, out Outcome) {
 	s.long = d >= longShot
 	if !s.long {
 		s.sampling = shortEvery - 1
+	}
+	if p.adapt == nil {
+		return
 	}
 	if next, ok := p.adapt.sample(now, d, weight, out == OutcomeCompleted, int(p.workers.Load())); ok {
 		p.setCap(next)

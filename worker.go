@@ -36,6 +36,11 @@ type slot struct {
 	sampling uint8
 	long     bool          // the last timed task ran for longShot or longer
 	start    time.Duration // when the task in hand started, if the controller times it; the owner's alone
+	// clock is the owner's last reading of the pool's clock, zero for none
+	// since it parked, and fresh tells whether it was read as the task
+	// before the one in hand ended (see runControlled); the owner's alone.
+	clock time.Duration
+	fresh bool
 	// deadlines are the rest of the block that the owner takes its tasks'
 	// deadline contexts from (see slot.deadlineContext); the owner's alone.
 	deadlines []deadlineContext
@@ -401,6 +406,7 @@ func (p *Pool) next(w *worker) (item, bool) {
 		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
 			return item{}, false
 		}
+		w.clock, w.fresh = 0, false // it may sleep a while
 		p.park(w)
 		// Look again, now that w is on the stack: either this look, or the
 		// other side's look at the stack, sees the other (see park.go).
