@@ -99,11 +99,15 @@ func newQueueDelays(target time.Duration) *queueDelays {
 
 // keep records that a worker took a task from queue at now after it
 // waited, and reports whether the task may run. The queue being empty
-// after it ends a standing queue.
-func (q *queueDelays) keep(now, waited time.Duration, queue chan item) bool {
+// after it ends a standing queue. exact tells whether now was read as the
+// task was taken: otherwise now is a worker's earlier reading (see
+// runControlled), and waited may be short of the truth, which tells that
+// a queue stands, and that a task waited too long, but not that one did
+// not.
+func (q *queueDelays) keep(now, waited time.Duration, queue chan item, exact bool) bool {
 	// One line written by every worker: written only when the delay is
 	// worth showing, an eighth of the target or more, or was.
-	if waited >= q.small || time.Duration(q.last.Load()) >= q.small {
+	if exact && (waited >= q.small || time.Duration(q.last.Load()) >= q.small) {
 		q.last.Store(int64(waited))
 	}
 	since := q.standing.Load()
@@ -124,7 +128,7 @@ func (q *queueDelays) keep(now, waited time.Duration, queue chan item) bool {
 		}
 	}
 	dropping := since != 0 && now-time.Duration(since-1) >= delayInterval
-	if since != 0 && (len(queue) == 0 || !dropping && waited <= q.target) {
+	if since != 0 && (len(queue) == 0 || exact && !dropping && waited <= q.target) {
 		q.standing.Store(0)
 	}
 	if dropping && waited > q.target {
@@ -242,7 +246,7 @@ func (s *slot) timed() bool {
 // queue at now. Once Shutdown has begun nothing is dropped for its delay:
 // the drain's deadline decides what is too late.
 func (p *Pool) delayed(now time.Duration, it *item) bool {
-	return !p.delays.keep(now, now-it.at(), p.queue) && !p.closing()
+	return !p.delays.keep(now, now-it.at(), p.queue, true) && !p.closing()
 }
 
 // control is the queue's delay control on the workers' fast path, in
@@ -271,21 +275,23 @@ func (p *Pool) control(it *item) (now time.Duration, keep bool) {
 // through the pool, so a worker reads the clock only for the tasks it
 // times (see timed): as one starts, unless the task before it was timed
 // too, whose end is the reading, and as it ends. The delay control judges
-// the other tasks by the worker's last reading (slot.clock): at most a
-// batch of short tasks old, never ahead of the clock, so that a task's
-// wait is never overstated and no task is dropped before it has waited
-// the target.
+// the other tasks by the worker's last reading (slot.clock), which lags the
+// clock by the run time of the tasks since, never more than shortEvery of
+// them: a task's wait is never overstated, so no task is dropped before it
+// has waited the target, and only an exact reading ends a standing queue
+// (see queueDelays.keep).
 func (w *worker) runControlled(task Task, at time.Duration, it item, ctx *context.Context) {
 	p := w.pool
 	timed := w.timed()
-	now := w.clock
-	if !w.fresh && (timed || now == 0) {
-		now = p.now()
+	now, exact := w.clock, w.fresh
+	if !exact && (timed || now == 0) {
+		now, exact = p.now(), true
+		w.clock = now
 	}
 	w.fresh = false
 	// Dropped from the worker's hands with its slot still idle, where
 	// Shutdown's deadline does not look.
-	if p.delays != nil && !p.delays.keep(now, max(0, now-at), p.queue) && !p.closing() {
+	if p.delays != nil && !p.delays.keep(now, max(0, now-at), p.queue, exact) && !p.closing() {
 		p.settle(outcomeDelayed, report{queued: true, at: at})
 		return
 	}

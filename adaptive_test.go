@@ -3,7 +3,9 @@ package bgpool_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -323,3 +325,56 @@ func TestQueueDelayTargetDropsNothingWhileShutdownDrains(t *testing.T) {
 		assert.Zero(t, s.Dropped)
 	})
 }
+
+func TestQueueDelayTargetDropsAStandingQueueOfShortTasks(t *testing.T) {
+	// Tasks of 20µs, shorter than what the controller times every time:
+	// the worker reads the clock for one task in 16 and judges the others
+	// by its last reading. A queue that stands must still be dropped at its
+	// head, and a task that runs after the drops began must not have waited
+	// much more than the target: at most the target plus the run time of
+	// the 16 tasks that the reading lags behind by.
+	for _, adaptive := range []bool{false, true} {
+		t.Run(fmt.Sprint("adaptive concurrency ", adaptive), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const target, service, every = 5 * time.Millisecond, 20 * time.Microsecond, 10 * time.Microsecond
+				opts := []bgpool.Option{bgpool.WithQueueDelayTarget(target), bgpool.WithQueueSize(100000)}
+				if adaptive {
+					opts = append(opts, bgpool.WithAdaptiveConcurrency(1, 1))
+				}
+				p, err := bgpool.New(1, opts...)
+				require.NoError(t, err)
+				defer stopPool(p)
+				const n = 20000 // 200ms of arrivals at twice the rate the worker serves
+				waits := make([]time.Duration, n)
+				ran := make([]bool, n)
+				for i := range n {
+					submitted := time.Now()
+					require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+						waits[i], ran[i] = time.Since(submitted), true
+						time.Sleep(service)
+						return nil
+					}))
+					time.Sleep(every)
+				}
+				for p.Stats().Queued > 0 { // the queue drains before Shutdown, whose drain drops nothing
+					time.Sleep(time.Millisecond)
+				}
+				require.NoError(t, p.Shutdown(context.Background()))
+				s := p.Stats()
+				assert.Positive(t, s.Delayed, "%+v", s)
+				assertBalanced(t, s)
+				first := slices.Index(ran, false) // the queue is FIFO: the first dropped
+				require.Positive(t, first)
+				for i := first; i < n; i++ {
+					if ran[i] {
+						assert.LessOrEqual(t, waits[i], target+shortTasks*service+time.Millisecond, "task %d ran after the drops began", i)
+					}
+				}
+			})
+		})
+	}
+}
+
+// shortTasks is how many tasks a worker's last clock reading may lag behind
+// by (bgpool's shortEvery).
+const shortTasks = 16

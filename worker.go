@@ -64,14 +64,13 @@ type worker struct {
 	wake  chan item
 	idx   uint32        // the record's place in Pool.indexed, plus one: its name on the idle stack
 	below atomic.Uint32 // on the idle stack: the idx of the worker below, zero for none
-	park  atomic.Uint32 // parkBusy, parkIdle or parkStale
+	park  atomic.Uint32 // parkBusy, parkIdle, parkAsleep or parkStale
 	pool  *Pool
 	// loopFn is w.loop, bound once so that starting a loop does not
 	// allocate.
 	loopFn func()
-	// first is the task to run before any from the queue: the loop's first
-	// task, when it was started for one, or a task handed over to w as it
-	// took one from the queue itself (see next). Its owner's alone.
+	// first is the loop's first task, when it was started for one. Its
+	// owner's alone.
 	first    item
 	hasFirst bool
 }
@@ -421,16 +420,17 @@ func (p *Pool) next(w *worker) (item, bool) {
 				}
 				continue
 			}
-			woke = <-w.wake // claimed meanwhile: its claimer's item is on its way
+			woke = <-w.wake // claimed meanwhile: a notice, since w was idle, not asleep
 			if took {
-				p.passOn(w, woke)
 				p.wakeForQueue()
 				return it, true
 			}
-		default:
+		case p.sleep(w):
 			if cap(p.queue) == 0 && p.waiting.Load() > 0 {
 				p.signalSpare()
 			}
+			woke = <-w.wake
+		default: // claimed before it could sleep: a notice
 			woke = <-w.wake
 		}
 		n, ok := woke.run.(notice)
@@ -455,22 +455,6 @@ func (p *Pool) wakeForQueue() {
 	if p.parked.Load() > 0 && len(p.queue) > 0 {
 		p.wakeIdle(1, noticeQueue)
 	}
-}
-
-// passOn deals with what w's claimer sent it when w had already taken a
-// task from the queue: a notice needs nothing more (w is awake, and sees
-// Tune and Shutdown after its task), and a task handed over goes to
-// another idle worker, or a new one if the cap allows, or else runs on w
-// after the task it took.
-func (p *Pool) passOn(w *worker, woke item) {
-	if _, ok := woke.run.(notice); ok || p.handOver(woke) {
-		return
-	}
-	if p.activate() {
-		p.startWorker(&woke)
-		return
-	}
-	w.first, w.hasFirst = woke, true
 }
 
 // drainOne takes a task from the queue while Shutdown drains it. After an
