@@ -51,8 +51,11 @@ func WithAdaptiveConcurrency(min, max int) Option {
 // that absorbs a burst is doing its job, one that stands only adds delay.
 // Once Shutdown has begun nothing is dropped for its delay: Shutdown's
 // deadline decides what is too late. As with WithMaxQueueWait, a Submit's
-// wait for room under Block or BlockFor counts as queue wait. The control
-// costs an atomic load or two a task and never blocks.
+// wait for room under Block or BlockFor counts as queue wait. No task is
+// dropped before it has waited target. The control never blocks; it costs
+// a clock read a task on Submit, for the admission time, and an atomic load
+// or two on the worker, which judges waits by its last reading of the
+// clock (see "Overload control" in the package documentation).
 //
 // The queue stays first in, first out, also while it stands: serving the
 // newest task first would need a second structure beside the channel, a

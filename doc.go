@@ -53,41 +53,60 @@
 // drain.
 //
 // The queue is a buffered channel of QueueSize tasks, and the workers
-// receive from it. Submit counts the task, then tries a non-blocking send:
-// a worker parked on the channel gets the task handed to it directly, and
-// otherwise the task waits in the buffer, so a steady stream of tasks
-// costs a channel operation per task, not an ants submission. No lock is taken on that path
-// besides the channel's own, and at most one worker is woken per task. Only
-// when the buffer is full does Submit look further: start another worker if
-// the cap allows, else apply the policy (Block waits as a blocked sender on
-// the channel, which keeps waiting submitters in FIFO order). Outcomes are
-// counted in atomic counters, each on its own cache line; Stats reads them,
-// the queue's length and the workers' states into one snapshot whose sum
-// always adds up: in the reverse of a task's path, so that no task is seen
-// twice, and again if a task ended meanwhile. A mutex guards only what changes when a worker starts or
-// leaves, and Shutdown. A worker runs its tasks under one panic guard (a
-// deferred recover) per run of tasks, not per task: a panic unwinds to it,
-// it counts the task Panicked, and the worker starts a new run; a
-// runtime.Goexit hands the worker's record and place to a new goroutine
-// once the task is counted.
+// receive from it. Submit counts the task, then tries a non-blocking send,
+// so a steady stream of tasks costs a channel operation per task, not an
+// ants submission; no lock is taken on that path besides the channel's
+// own. Only when the buffer is full does Submit look further: start
+// another worker if the cap allows, else apply the policy (Block waits as
+// a blocked sender on the channel, which keeps waiting submitters in FIFO
+// order).
 //
-// A task travels as one record, the queue's item: the submitter's context
-// (for its values only), the task, and its admission time. The task's type
-// says what else the pool knows of it: a plain Task; a record someone waits
-// on (Do, Group, Future), which the pool tells when the task ends without
-// running; or a Job's record, whose args can be handed off. The pool looks
-// up no context value of its own on the way. Every outcome goes through one
-// funnel, which counts it and then tells the waiter and the observer, so a
-// waiter told that its task will not run finds it counted (a task that ran
-// tells its own waiter as it returns, a moment before the count, as Do's
-// doc says). The pool's life is one
-// phase word (open, draining, drained or abandoned, then released), each
-// transition made in one place. A reader finds them in the files named for
-// them: admit.go (Submit's path), worker.go (the workers), policy.go (the
-// policies and every Overflow action), stats.go (the funnel and Stats),
-// lifecycle.go (the phases), shutdown.go (Shutdown), handoff.go (Jobs
-// leaving the process), adaptive.go (overload control) and ants.go (the
-// two calls bgpool makes into ants).
+// A worker that finds the queue empty parks: it puts itself on a lock-free
+// stack of parked workers and sleeps on a channel of its own, a plain
+// receive, where a select on the queue and a wake-up channel would cost
+// three times as much each time it parks. A submitter that has filled the
+// queue looks at the stack and wakes one worker; one that finds the queue
+// empty and a worker asleep hands it the task directly. Tune, the reaper
+// (which retires workers idle for a second) and Shutdown wake parked
+// workers the same way, each with a notice. A worker looks again at the
+// queue after it has parked, and the other sides look at the stack after
+// they have acted, so one of the two always sees the other: no task waits
+// while a worker sleeps.
+//
+// Outcomes are counted in atomic counters, each on its own cache line; a
+// worker counts the tasks it completes in its own slot's state word, in
+// the same atomic operation that ends the task. Stats reads them, the
+// queue's length and the workers' states into one snapshot whose sum
+// always adds up: in the reverse of a task's path, so that no task is seen
+// twice, and again if a task ended meanwhile. A mutex guards only what
+// changes when a worker starts or leaves, and Shutdown. A worker runs its
+// tasks under one panic guard (a deferred recover) per run of tasks, not
+// per task: a panic unwinds to it, it counts the task Panicked, and the
+// worker starts a new run; a runtime.Goexit hands the worker's record and
+// place to a new goroutine once the task is counted. After each task a
+// worker reads one word, which says whether anything but the next task
+// needs it: Shutdown, or a cap that Tune lowered.
+//
+// A task travels as one record, the queue's item, 32 bytes: the
+// submitter's context (for its values only) and the task, whose type says
+// what else the pool knows of it: a plain Task; a record someone waits on
+// (Do, Group, Future), which the pool tells when the task ends without
+// running; a Job's record, whose args can be handed off; or, in a pool that
+// needs its tasks' admission time (an observer, a maximum queue wait, a
+// wrapper, a queue delay target), a plain Task with that time, taken from a
+// block of 64 made at once. The pool looks up no context value of its own
+// on the way. Every outcome goes through one funnel, which counts it and
+// then tells the waiter and the observer, so a waiter told that its task
+// will not run finds it counted (a task that ran tells its own waiter as it
+// returns, a moment before the count, as Do's doc says). The pool's life is
+// one phase word (open, draining, drained or abandoned, then released),
+// each transition made in one place. A reader finds them in the files
+// named for them: admit.go (Submit's path), worker.go (the workers),
+// park.go (parking and waking), policy.go (the policies and every Overflow
+// action), stats.go (the funnel and Stats), lifecycle.go (the phases),
+// shutdown.go (Shutdown), handoff.go (Jobs leaving the process),
+// adaptive.go (overload control) and ants.go (the two calls bgpool makes
+// into ants).
 //
 // With a rate limit (WithRateLimit, or a Limiter of your own with
 // WithLimiter) a worker takes the next task and then waits for its token,
@@ -111,9 +130,15 @@
 // tasks taken from the queue have waited longer than the target for 100 ms,
 // those that waited longer are dropped at the head until the queue empties,
 // so a burst that drains in time loses nothing and a standing queue adds no
-// more than the target to any task's latency. Without either option none
-// of this costs anything; the benchmarks module's overload benchmark
-// measures both against fixed pools and failsafe-go's adaptive limiter.
+// more than the target to any task's latency. A clock read costs as much as
+// the rest of an empty task's way through the pool, so a worker reads the
+// clock for the tasks it times (all of them while they run for 50µs or
+// more, one in 16 otherwise) and judges the others' waits by its last
+// reading, which lags by the run time of at most 15 short tasks: a wait is
+// never overstated, so no task is dropped before it has waited the target.
+// Without either option none of this costs anything; the benchmarks
+// module's overload benchmark measures both against fixed pools and
+// failsafe-go's adaptive limiter.
 //
 // # Bad input
 //

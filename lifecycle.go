@@ -22,8 +22,8 @@ type phase = uint32
 const (
 	// phaseOpen: the pool admits tasks. It leaves for draining in
 	// beginShutdown, under p.mu, which closes lifecycle.closing (waiting
-	// submitters give up with ErrClosed) and every worker's wake channel
-	// (parked workers come to drain the queue).
+	// submitters give up with ErrClosed) and wakes every parked worker,
+	// which comes to drain the queue (see wakeParked).
 	phaseOpen phase = iota
 	// phaseDraining: nothing is admitted; queued tasks run and running ones
 	// are waited for. It leaves for drained in checkDrained, when every task
@@ -118,8 +118,8 @@ func (l *lifecycle) init() {
 
 // beginShutdown moves the pool from open to draining and reports whether
 // this call did. p.mu orders it with runHere's registration, which checks
-// the phase under it, with notify's sends on the wake channels, and with
-// DropOldest.
+// the phase under it, and with DropOldest. A worker that parks after the
+// move sees it when it looks again (see park.go).
 func (p *Pool) beginShutdown() bool {
 	p.mu.Lock()
 	first := p.phase.CompareAndSwap(phaseOpen, phaseDraining)

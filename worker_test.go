@@ -164,7 +164,7 @@ func parkWorkers(t *testing.T, p *bgpool.Pool, n int) {
 	g.waitStarted(t, n)
 	g.open()
 	waitStats(t, p, idleWith(uint64(n)))
-	time.Sleep(20 * time.Millisecond) // let them reach the park select
+	time.Sleep(20 * time.Millisecond) // let them fall asleep
 }
 
 // staleNotice leaves a retirement notice in p's queue with no worker to
