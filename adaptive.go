@@ -333,7 +333,7 @@ func (w *worker) runControlled(task Task, at time.Duration, it item, ctx *contex
 // does not, so that no start is left from a task that panicked; ran reads
 // it.
 func (p *Pool) startTiming(s *slot, now time.Duration) {
-	s.fresh = false
+	s.fresh, s.start = false, 0
 	if p.adapt == nil {
 		return
 	}

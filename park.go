@@ -43,7 +43,9 @@ import (
 // The stack is a Treiber stack of worker records, linked through
 // worker.below by index, with a version in the top word that changes on
 // every push and pop, so that a pop cannot succeed on a top that was popped
-// and pushed again meanwhile (ABA). A worker that leaves the stack on its
+// and pushed again meanwhile (ABA); the version has 32 bits, so that would
+// take a popper stalled between its load and its swap for 2^32 pushes and
+// pops of others. A worker that leaves the stack on its
 // own (unpark) cannot take itself out of the middle: it marks its entry
 // stale, and the popper that meets the entry drops it; a worker that parks
 // again while its stale entry is still on the stack reuses the entry.

@@ -155,3 +155,46 @@ func TestStampedTasksOfManySubmittersEachRunOnce(t *testing.T) {
 	assert.Equal(t, int64(submitters*perSubmitter), observed.Load())
 	assertBalanced(t, p.Stats())
 }
+
+func TestWaitersOfAHandOffOnlyPoolAllReachWorkersThatFallAsleep(t *testing.T) {
+	// A queue without a buffer admits a task only into a worker's hands.
+	// Here every worker falls asleep just as submitters that found none
+	// free are on their way to wait for one: each waiter must still reach a
+	// sleeping worker. The tasks of a round wait for each other, so a
+	// waiter left waiting while a worker sleeps stops the round until the
+	// tasks give up.
+	const workers, rounds = 3, 500
+	p := newPool(t, workers, bgpool.WithQueueSize(0))
+	for r := range rounds {
+		release := make(chan struct{})
+		for range workers { // every worker busy
+			require.NoError(t, p.Submit(context.Background(), func(context.Context) error { <-release; return nil }))
+		}
+		var arrived atomic.Int32
+		all := make(chan struct{})
+		var alone atomic.Int32
+		barrier := func(context.Context) error {
+			if arrived.Add(1) == workers {
+				close(all)
+			}
+			select {
+			case <-all:
+			case <-time.After(5 * time.Second):
+				alone.Add(1)
+			}
+			return nil
+		}
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Go(func() {
+				assert.NoError(t, p.Submit(context.Background(), barrier))
+			})
+		}
+		close(release) // the workers finish, and fall asleep as the waiters arrive
+		wg.Wait()
+		<-all
+		if n := alone.Load(); n > 0 {
+			t.Fatalf("round %d: %d tasks waited 5s for their round's last one, while a worker slept: %+v", r, n, p.Stats())
+		}
+	}
+}

@@ -270,8 +270,13 @@ func (p *Pool) wait(ctx context.Context, it item) error {
 	for {
 		// A queue without a buffer admits a task only into a worker's
 		// hands: look for a parked one after counting this call in waiting,
-		// which a parking worker reads (see park.go).
+		// which a parking worker reads (see park.go). Workers that fell
+		// asleep together left one signal between them: pass it on to the
+		// next waiter while one is left.
 		if spare != nil && p.handOver(it) {
+			if p.waiting.Load() > 1 && p.parked.Load() > 0 {
+				p.signalSpare()
+			}
 			return nil
 		}
 		select {

@@ -254,9 +254,10 @@ func (p *Pool) unsettled() uint64 {
 // Shutdown, and never waits on the pool. It takes one brief lock and looks
 // at every worker, so its cost grows with Workers.
 //
-// A task between two places as the snapshot is taken (taken from the queue
-// and not yet started, or a Submit not yet decided or just let in from
-// Waiting) is left out of Submitted for that snapshot, so Submitted can
+// A task between two places as the snapshot is taken (taken from the queue,
+// or handed to a parked worker, and not yet started; or a Submit not yet
+// decided or just let in from Waiting) is left out of Submitted for that
+// snapshot, so Submitted can
 // read a few lower than in the snapshot before. For counters that never go
 // down, use the outcomes, as the contrib/prometheus collector does.
 func (p *Pool) Stats() Stats {

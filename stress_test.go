@@ -355,29 +355,48 @@ func TestOneSubmitterOneWorkerRunsTasksInSubmissionOrder(t *testing.T) {
 	// worker runs them one at a time, so they must run in the order Submit
 	// returned. A task that enters the queue just as the worker parks must
 	// not be overtaken by the next one, however the next one reaches the
-	// worker.
-	p, err := bgpool.New(1, bgpool.WithQueueSize(64))
-	require.NoError(t, err)
-	const n = 200000
-	var mu sync.Mutex
-	next, inversions, first := 0, 0, -1
-	for i := range n {
-		require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
-			mu.Lock()
-			if i != next {
-				inversions++
-				if first < 0 {
-					first = i
+	// worker: through the queue, handed over to it asleep, or through the
+	// paths of pools that stamp their tasks or control overload.
+	for _, c := range []struct {
+		name string
+		opts []bgpool.Option
+	}{
+		{"a queue of 64", []bgpool.Option{bgpool.WithQueueSize(64)}},
+		{"a queue of 1", []bgpool.Option{bgpool.WithQueueSize(1)}},
+		{"no queue", []bgpool.Option{bgpool.WithQueueSize(0)}},
+		{"an observer", []bgpool.Option{bgpool.WithQueueSize(64), bgpool.WithObserver(func(bgpool.TaskEvent) {})}},
+		{"a queue delay target", []bgpool.Option{bgpool.WithQueueSize(64), bgpool.WithQueueDelayTarget(time.Second)}},
+		{"adaptive concurrency", []bgpool.Option{bgpool.WithQueueSize(64), bgpool.WithAdaptiveConcurrency(1, 1)}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := bgpool.New(1, c.opts...)
+			require.NoError(t, err)
+			n := 200000
+			if testing.Short() {
+				n = 20000
+			}
+			var mu sync.Mutex
+			next, inversions, first := 0, 0, -1
+			for i := range n {
+				require.NoError(t, p.Submit(context.Background(), func(context.Context) error {
+					mu.Lock()
+					if i != next {
+						inversions++
+						if first < 0 {
+							first = i
+						}
+					}
+					next = max(next, i+1)
+					mu.Unlock()
+					return nil
+				}))
+				if i%64 == 0 {
+					runtime.Gosched() // let the worker empty the queue and park
 				}
 			}
-			next = max(next, i+1)
-			mu.Unlock()
-			return nil
-		}))
-		if i%64 == 0 {
-			runtime.Gosched() // let the worker empty the queue and park
-		}
+			require.NoError(t, p.Shutdown(context.Background()))
+			assert.Zero(t, inversions, "tasks run out of submission order (first at task %d)", first)
+			assert.Equal(t, n, next, "every task ran")
+		})
 	}
-	require.NoError(t, p.Shutdown(context.Background()))
-	assert.Zero(t, inversions, "tasks run out of submission order (first at task %d)", first)
 }

@@ -510,10 +510,17 @@ func (p *Pool) retire(w *worker, why retirement) bool {
 			break
 		}
 	}
-	if len(p.queue) > 0 && !p.isAbandoned() && p.activate() { // a task arrived as w was leaving
+	// A task arrived as w was leaving: in the queue, or, in a queue without
+	// a buffer, with a submitter waiting for a worker's hands.
+	if (len(p.queue) > 0 || why != closing && cap(p.queue) == 0 && p.waiting.Load() > 0) && !p.isAbandoned() && p.activate() {
 		return false
 	}
-	w.deadlines = nil // an idle record keeps no finished task's context
+	// The record waits in free for a loop to reuse it: it keeps no
+	// finished task's context, nor a clock reading the next loop would
+	// take for its own. Its entry may still stand, stale, on the idle stack,
+	// until a popper drops it (see park.go).
+	w.deadlines = nil
+	w.clock, w.fresh = 0, false
 	p.mu.Lock()
 	p.free = append(p.free, w)
 	p.mu.Unlock()
