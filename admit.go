@@ -87,16 +87,7 @@ func (p *Pool) submitSlow(it item, mode submitMode) error {
 	if p.tagged {
 		p.tag(&it)
 	}
-	if p.parked.Load() > 0 && len(p.queue) == 0 && p.handOver(it) {
-		return nil
-	}
-	select {
-	case p.queue <- it:
-		p.enqueued()
-		return nil
-	default:
-	}
-	if cap(p.queue) == 0 && p.handOver(it) {
+	if p.parked.Load() > 0 && len(p.queue) == 0 && p.handOver(it) || p.enqueue(it) {
 		return nil
 	}
 	return p.overflow(it.ctx, it, mode)

@@ -18,13 +18,29 @@ func TestEveryTaskFindsAWorkerWhileWorkersParkAndTuneMovesTheCap(t *testing.T) {
 	// Workers park and wake all the time here: submitters pause now and
 	// then, so the queue empties, and Tune moves the cap up and down,
 	// which retires parked workers and starts new ones. A lost wake-up
-	// leaves a task in the queue with every worker asleep: the test then
-	// hangs until its deadline. Submit, TrySubmit and Do all take part, on
-	// queues with and without a buffer.
+	// leaves a task in the queue with every worker asleep, or a task in
+	// the hands of a worker that retires: the test then hangs until its
+	// deadline. Submit, TrySubmit and Do all take part, on queues with and
+	// without a buffer, on the workers' fast path and on the paths of pools
+	// whose tasks are guarded (an observer) or controlled (overload
+	// control, whose controller moves the cap too).
+	type variant struct {
+		name string
+		opts []bgpool.Option
+	}
+	var variants []variant
 	for _, queue := range []int{0, 1, 8, 256} {
-		t.Run(fmt.Sprint("queue ", queue), func(t *testing.T) {
+		variants = append(variants, variant{fmt.Sprint("queue ", queue), []bgpool.Option{bgpool.WithQueueSize(queue)}})
+	}
+	variants = append(variants,
+		variant{"an observer", []bgpool.Option{bgpool.WithQueueSize(8), bgpool.WithObserver(func(bgpool.TaskEvent) {})}},
+		variant{"overload control", []bgpool.Option{bgpool.WithQueueSize(8),
+			bgpool.WithAdaptiveConcurrency(1, 8), bgpool.WithQueueDelayTarget(time.Hour)}},
+	)
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
 			const size, submitters, perSubmitter = 8, 8, 3000
-			p := newPool(t, size, bgpool.WithQueueSize(queue))
+			p := newPool(t, size, v.opts...)
 			var ran, refused atomic.Int64
 			task := func(context.Context) error { ran.Add(1); return nil }
 			stop := make(chan struct{})

@@ -58,7 +58,6 @@ const (
 // Stats and Shutdown, and reused by later loops.
 type worker struct {
 	slot
-	_ [32]byte // the end of the slot, which the worker writes on every task, on a line of its own
 	// wake is where the worker, parked, gets what its claimer sends: a
 	// notice, or a task handed over (see park.go). It holds one item.
 	wake  chan item
