@@ -282,19 +282,23 @@ func (p *Pool) control(it *item) (now time.Duration, keep bool) {
 // clock by the run time of the tasks since, never more than shortEvery of
 // them: a task's wait is never overstated, so no task is dropped before it
 // has waited the target, and only an exact reading ends a standing queue
-// (see queueDelays.keep).
+// (see queueDelays.keep). A task handed over to a worker asleep waited in
+// no queue: the control has nothing to judge, and the worker reads the
+// clock only if it times the task.
 func (w *worker) runControlled(task Task, at time.Duration, it item, ctx *context.Context) {
 	p := w.pool
+	handed := w.handed // it waited in no queue: nothing for the delay control to judge
+	w.handed = false
 	timed := w.timed()
 	now, exact := w.clock, w.fresh
-	if !exact && (timed || now == 0) {
+	if !exact && (timed || now == 0 && !handed) {
 		now, exact = p.now(), true
 		w.clock = now
 	}
 	w.fresh = false
 	// Dropped from the worker's hands with its slot still idle, where
 	// Shutdown's deadline does not look.
-	if p.delays != nil && !p.delays.keep(now, max(0, now-at), p.queue, exact) && !p.closing() {
+	if p.delays != nil && !handed && !p.delays.keep(now, max(0, now-at), p.queue, exact) && !p.closing() {
 		p.settle(outcomeDelayed, report{queued: true, at: at})
 		return
 	}

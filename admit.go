@@ -71,7 +71,9 @@ func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 	}
 	select {
 	case p.queue <- item{ctx: ctx, run: run}: // admitted: it waits in the queue
-		if p.parked.Load() > 0 || p.active.Load() < p.workers.Load() || p.isAbandoned() { // enqueued, written out
+		// With no worker parked, at the cap (the steady state under load)
+		// and open, nothing more is to do; admitted looks further.
+		if p.parked.Load() > 0 || p.active.Load() < p.workers.Load() || p.isAbandoned() {
 			p.admitted()
 		}
 		return nil
@@ -84,22 +86,25 @@ func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 // worker is parked: with the queue empty, the task is handed over to it,
 // which spares it the queue's buffer and the worker a look at the queue.
 func (p *Pool) submitSlow(it item, mode submitMode) error {
-	if p.tagged {
-		p.tag(&it)
+	var stamp *stampedTask
+	if t, ok := it.run.(Task); ok && p.stamp && p.route == routeControlled {
+		// tag, written out for the common case of overload control
+		stamp = p.stamps.take()
+		stamp.task = t
+		it.run = stamp
+	} else if p.tagged {
+		stamp = p.tag(&it)
 	}
-	if p.parked.Load() > 0 && len(p.queue) == 0 && p.handOver(it) || p.enqueue(it) {
+	if p.parked.Load() > 0 && len(p.queue) == 0 && p.handOver(it) {
+		return nil
+	}
+	if stamp != nil { // it waits from now on
+		stamp.at = p.now()
+	}
+	if p.enqueue(it) {
 		return nil
 	}
 	return p.overflow(it.ctx, it, mode)
-}
-
-// enqueued runs after a task has entered the queue: with no worker parked,
-// at the cap (the steady state under load) and open, nothing more is to
-// do; admitted looks further.
-func (p *Pool) enqueued() {
-	if p.parked.Load() > 0 || p.active.Load() < p.workers.Load() || p.isAbandoned() {
-		p.admitted()
-	}
 }
 
 // tag prepares it for a pool whose tasks leave the workers' fast path: it
@@ -107,20 +112,32 @@ func (p *Pool) enqueued() {
 // routedTask, or a stampedTask where the pool stamps its tasks), and
 // stamps it with its admission time. Tagging a tagged item again only
 // stamps it anew.
-func (p *Pool) tag(it *item) {
+//
+// A plain Task of a pool with overload control is the exception: tag
+// returns its stampedTask unstamped, for the caller to stamp unless a
+// worker asleep takes it at once (see submitSlow), since its admission
+// time serves only the queue's delay control, which does not judge a task
+// that waited in no queue (see runControlled); a clock read costs as much
+// as the rest of its way to the worker.
+func (p *Pool) tag(it *item) (unstamped *stampedTask) {
 	if t, ok := it.run.(Task); ok && p.route != routeFast {
 		if !p.stamp {
 			it.run = routedTask(t)
-			return
+			return nil
 		}
 		s := p.stamps.take()
-		s.task, s.at = t, p.now()
+		s.task = t
 		it.run = s
-		return
+		if p.route == routeControlled {
+			return s
+		}
+		s.at = p.now()
+		return nil
 	}
 	if p.stamp {
 		it.setAt(p.now())
 	}
+	return nil
 }
 
 // A routedTask is a plain Task of a pool whose tasks are guarded or
@@ -225,7 +242,9 @@ func (p *Pool) admitted() {
 func (p *Pool) enqueue(it item) bool {
 	select {
 	case p.queue <- it:
-		p.enqueued()
+		if p.parked.Load() > 0 || p.active.Load() < p.workers.Load() || p.isAbandoned() { // as in submit
+			p.admitted()
+		}
 		return true
 	default:
 	}

@@ -246,7 +246,9 @@ func (p *Pool) submitKept(k *keptTasks) {
 func (p *Pool) overflowKept(ctx context.Context, kept []item) {
 	first := kept[0]
 	it := item{ctx: ctx, run: first.run}
-	p.tag(&it)
+	if s := p.tag(&it); s != nil {
+		s.at = p.now()
+	}
 	if err := p.overflow(ctx, it, applyPolicy); err != nil {
 		p.keptRefused(first, err)
 	}

@@ -41,6 +41,10 @@ type slot struct {
 	// before the one in hand ended (see runControlled); the owner's alone.
 	clock time.Duration
 	fresh bool
+	// handed tells whether the task in hand was handed over to the owner
+	// asleep, so that it waited in no queue (see runControlled); the
+	// owner's alone.
+	handed bool
 	// deadlines are the rest of the block that the owner takes its tasks'
 	// deadline contexts from (see slot.deadlineContext); the owner's alone.
 	deadlines []deadlineContext
@@ -253,11 +257,7 @@ func (w *worker) runTasks() (panicked bool) {
 // sets *ctx to the task's context, for runTasks' guard.
 func (w *worker) runRecord(it item, ctx *context.Context) {
 	p := w.pool
-	switch p.route {
-	case routeGuarded:
-		p.run(&w.slot, it)
-		return
-	case routeControlled:
+	if p.route == routeControlled {
 		switch r := it.run.(type) {
 		case *stampedTask:
 			w.runControlled(r.task, r.at, it, ctx)
@@ -266,6 +266,11 @@ func (w *worker) runRecord(it item, ctx *context.Context) {
 			w.runControlled(Task(r), 0, it, ctx)
 			return
 		}
+	}
+	w.handed = false // read by runControlled alone
+	if p.route == routeGuarded {
+		p.run(&w.slot, it)
+		return
 	}
 	if !p.claim(&w.slot, &it, false) {
 		return
@@ -433,7 +438,8 @@ func (p *Pool) next(w *worker) (item, bool) {
 			woke = <-w.wake
 		}
 		n, ok := woke.run.(notice)
-		if !ok { // a task handed over (a hand-off-only queue)
+		if !ok { // a task handed over while the queue was empty
+			w.handed = true
 			return woke, true
 		}
 		if n == noticeRetire && !p.closing() && p.retire(w, noticed) {
