@@ -84,6 +84,7 @@ const delayMemory = 10 * delayInterval
 // queueDelays measures the queue's delay and controls it. All methods are
 // safe for concurrent use; each costs an atomic load or two.
 type queueDelays struct {
+	queue  chan item // the pool's queue: its emptying ends a standing queue
 	target time.Duration
 	small  time.Duration // target / 8: a wait worth showing in Stats
 	last   atomic.Int64  // the wait of the task taken last, for Stats
@@ -96,25 +97,28 @@ type queueDelays struct {
 }
 
 // newQueueDelays returns the delay control for target.
-func newQueueDelays(target time.Duration) *queueDelays {
-	return &queueDelays{target: target, small: target / 8}
+func newQueueDelays(target time.Duration, queue chan item) *queueDelays {
+	return &queueDelays{queue: queue, target: target, small: target / 8}
 }
 
-// keep records that a worker took a task from queue at now after it
+// keep records that a worker took a task from the queue at now after it
 // waited, and reports whether the task may run. The queue being empty
 // after it ends a standing queue. exact tells whether now was read as the
 // task was taken: otherwise now is a worker's earlier reading (see
 // runControlled), and waited may be short of the truth, which tells that
 // a queue stands, and that a task waited too long, but not that one did
 // not.
-func (q *queueDelays) keep(now, waited time.Duration, queue chan item, exact bool) bool {
+func (q *queueDelays) keep(now, waited time.Duration, exact bool) bool {
+	if waited < q.small && q.standing.Load() == 0 && q.last.Load() < int64(q.small) {
+		return true // the common case: nothing to show, no standing queue
+	}
 	// One line written by every worker: written only when the delay is
 	// worth showing, an eighth of the target or more, or was.
 	if exact && (waited >= q.small || time.Duration(q.last.Load()) >= q.small) {
 		q.last.Store(int64(waited))
 	}
 	since := q.standing.Load()
-	if since == 0 && waited <= q.target { // no standing queue: the common case
+	if since == 0 && waited <= q.target { // no standing queue
 		return true
 	}
 	if since == 0 && waited > q.target {
@@ -131,7 +135,7 @@ func (q *queueDelays) keep(now, waited time.Duration, queue chan item, exact boo
 		}
 	}
 	dropping := since != 0 && now-time.Duration(since-1) >= delayInterval
-	if since != 0 && (len(queue) == 0 || exact && !dropping && waited <= q.target) {
+	if since != 0 && (len(q.queue) == 0 || exact && !dropping && waited <= q.target) {
 		q.standing.Store(0)
 	}
 	if dropping && waited > q.target {
@@ -249,7 +253,7 @@ func (s *slot) timed() bool {
 // queue at now. Once Shutdown has begun nothing is dropped for its delay:
 // the drain's deadline decides what is too late.
 func (p *Pool) delayed(now time.Duration, it *item) bool {
-	return !p.delays.keep(now, now-it.at(), p.queue, true) && !p.closing()
+	return !p.delays.keep(now, now-it.at(), true) && !p.closing()
 }
 
 // control is the queue's delay control on the workers' fast path, in
@@ -298,7 +302,7 @@ func (w *worker) runControlled(task Task, at time.Duration, it item, ctx *contex
 	w.fresh = false
 	// Dropped from the worker's hands with its slot still idle, where
 	// Shutdown's deadline does not look.
-	if p.delays != nil && !handed && !p.delays.keep(now, max(0, now-at), p.queue, exact) && !p.closing() {
+	if p.delays != nil && !handed && !p.delays.keep(now, max(0, now-at), exact) && !p.closing() {
 		p.settle(outcomeDelayed, report{queued: true, at: at})
 		return
 	}

@@ -208,6 +208,7 @@ func New(size int, opts ...Option) (*Pool, error) {
 		return nil, fmt.Errorf("bgpool: New: queue size %d is larger than MaxQueueSize (%d)", o.queueSize, MaxQueueSize)
 	}
 
+	queue := make(chan item, o.queueSize)
 	var adapt *controller
 	var delays *queueDelays
 	if o.adaptMax > 0 {
@@ -215,13 +216,13 @@ func New(size int, opts ...Option) (*Pool, error) {
 		size = min(max(size, o.adaptMin), o.adaptMax)
 	}
 	if o.delayTarget > 0 {
-		delays = newQueueDelays(o.delayTarget)
+		delays = newQueueDelays(o.delayTarget, queue)
 	}
 	observed := o.maxQueueWait > 0 || len(o.observers) > 0 || o.wrap != nil
 	stamp := observed || delays != nil
 	p := &Pool{
 		opts:    o,
-		queue:   make(chan item, o.queueSize),
+		queue:   queue,
 		limiter: o.limiter,
 		adapt:   adapt,
 		delays:  delays,
