@@ -101,6 +101,17 @@ func newQueueDelays(target time.Duration, queue chan item) *queueDelays {
 	return &queueDelays{queue: queue, target: target, small: target / 8}
 }
 
+// emptied records that the queue has emptied, which ends a standing
+// queue: a worker found it so and parks.
+func (q *queueDelays) emptied() {
+	if q.standing.Load() != 0 {
+		q.standing.Store(0)
+	}
+	if q.last.Load() != 0 {
+		q.last.Store(0)
+	}
+}
+
 // keep records that a worker took a task from the queue at now after it
 // waited, and reports whether the task may run. The queue being empty
 // after it ends a standing queue. exact tells whether now was read as the
@@ -286,23 +297,24 @@ func (p *Pool) control(it *item) (now time.Duration, keep bool) {
 // clock by the run time of the tasks since, never more than shortEvery of
 // them: a task's wait is never overstated, so no task is dropped before it
 // has waited the target, and only an exact reading ends a standing queue
-// (see queueDelays.keep). A task handed over to a worker asleep waited in
-// no queue: the control has nothing to judge, and the worker reads the
-// clock only if it times the task.
+// (see queueDelays.keep). The first task a worker takes after it has slept
+// waited no longer than the worker took to wake, since the queue was empty
+// when it parked, and no queue stands: the control has nothing to judge,
+// and the worker reads the clock only if it times the task.
 func (w *worker) runControlled(task Task, at time.Duration, it item, ctx *context.Context) {
 	p := w.pool
-	handed := w.handed // it waited in no queue: nothing for the delay control to judge
-	w.handed = false
+	woke := w.woke
+	w.woke = false
 	timed := w.timed()
 	now, exact := w.clock, w.fresh
-	if !exact && (timed || now == 0 && !handed) {
+	if !exact && (timed || now == 0 && !woke) {
 		now, exact = p.now(), true
 		w.clock = now
 	}
 	w.fresh = false
 	// Dropped from the worker's hands with its slot still idle, where
 	// Shutdown's deadline does not look.
-	if p.delays != nil && !handed && !p.delays.keep(now, max(0, now-at), exact) && !p.closing() {
+	if p.delays != nil && !woke && !p.delays.keep(now, max(0, now-at), exact) && !p.closing() {
 		p.settle(outcomeDelayed, report{queued: true, at: at})
 		return
 	}

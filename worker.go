@@ -41,10 +41,11 @@ type slot struct {
 	// before the one in hand ended (see runControlled); the owner's alone.
 	clock time.Duration
 	fresh bool
-	// handed tells whether the task in hand was handed over to the owner
-	// asleep, so that it waited in no queue (see runControlled); the
-	// owner's alone.
-	handed bool
+	// woke tells whether the task in hand is the first the owner took
+	// since it parked: one handed to it, or one that entered the queue after
+	// the owner found it empty, so that it waited no longer than the owner
+	// took to wake (see runControlled); the owner's alone.
+	woke bool
 	// deadlines are the rest of the block that the owner takes its tasks'
 	// deadline contexts from (see slot.deadlineContext); the owner's alone.
 	deadlines []deadlineContext
@@ -267,7 +268,7 @@ func (w *worker) runRecord(it item, ctx *context.Context) {
 			return
 		}
 	}
-	w.handed = false // read by runControlled alone
+	w.woke = false // read by runControlled alone
 	if p.route == routeGuarded {
 		p.run(&w.slot, it)
 		return
@@ -409,6 +410,9 @@ func (p *Pool) next(w *worker) (item, bool) {
 		if p.active.Load() > p.workers.Load() && p.retire(w, surplus) {
 			return item{}, false
 		}
+		if p.delays != nil { // the queue has emptied: no queue stands
+			p.delays.emptied()
+		}
 		w.clock, w.fresh = 0, false // it may sleep a while
 		p.park(w)
 		// Look again, now that w is on the stack: either this look, or the
@@ -420,6 +424,7 @@ func (p *Pool) next(w *worker) (item, bool) {
 			if p.unpark(w) {
 				if took {
 					p.wakeForQueue()
+					w.woke = true
 					return it, true
 				}
 				continue
@@ -427,6 +432,7 @@ func (p *Pool) next(w *worker) (item, bool) {
 			woke = <-w.wake // claimed meanwhile: a notice, since w was idle, not asleep
 			if took {
 				p.wakeForQueue()
+				w.woke = true
 				return it, true
 			}
 		case p.sleep(w):
@@ -439,7 +445,7 @@ func (p *Pool) next(w *worker) (item, bool) {
 		}
 		n, ok := woke.run.(notice)
 		if !ok { // a task handed over while the queue was empty
-			w.handed = true
+			w.woke = true
 			return woke, true
 		}
 		if n == noticeRetire && !p.closing() && p.retire(w, noticed) {
@@ -447,6 +453,7 @@ func (p *Pool) next(w *worker) (item, bool) {
 		}
 		if it, ok := p.takeTask(); ok {
 			p.wakeForQueue()
+			w.woke = true
 			return it, true
 		}
 	}
