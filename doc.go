@@ -136,6 +136,8 @@
 // more, one in 16 otherwise) and judges the others' waits by its last
 // reading, which lags by the run time of at most 15 short tasks: a wait is
 // never overstated, so no task is dropped before it has waited the target.
+// The first task a worker takes after it slept is not judged at all: the
+// queue was empty when the worker parked, and no queue stands.
 // Without either option none of this costs anything; the benchmarks
 // module's overload benchmark measures both against fixed pools and
 // failsafe-go's adaptive limiter.
