@@ -285,11 +285,11 @@ func (p *Pool) control(it *item) (now time.Duration, keep bool) {
 	return now, true
 }
 
-// runControlled runs task, a plain Task of a pool with overload control,
+// runControlled runs it, a plain Task of a pool with overload control,
 // admitted at at (zero without WithQueueDelayTarget): the queue's delay
-// control, the claim, the timing, the call and the settling, written out as
-// on the workers' fast path (see runTasks). It sets *ctx to the task's
-// context, for runTasks' guard.
+// control, the claim and the timing, written out rather than through
+// claim, control and startTiming; runClaimed does the rest. It sets *ctx to
+// the task's context, for runTasks' guard.
 //
 // A clock read costs about as much as the rest of an empty task's way
 // through the pool, so a worker reads the clock only for the tasks it
@@ -303,7 +303,7 @@ func (p *Pool) control(it *item) (now time.Duration, keep bool) {
 // waited no longer than the worker took to wake, since the queue was empty
 // when it parked, and no queue stands: the control has nothing to judge,
 // and the worker reads the clock only if it times the task.
-func (w *worker) runControlled(task Task, at time.Duration, it item, ctx *context.Context) {
+func (w *worker) runControlled(at time.Duration, it item, ctx *context.Context) {
 	p := w.pool
 	woke := w.woke
 	w.woke = false
@@ -328,26 +328,7 @@ func (w *worker) runControlled(task Task, at time.Duration, it item, ctx *contex
 	if timed {
 		w.start = now
 	}
-	var dc *deadlineContext
-	switch d := p.opts.taskTimeout; {
-	case d > 0:
-		dc = w.deadlineContext(p, it.ctx, d)
-		*ctx = dc
-	case valueless(&it.ctx):
-		*ctx = p.base
-	default:
-		*ctx = &taskContext{pool: p.base, values: it.ctx}
-	}
-	err := task(*ctx)
-	if w.start != 0 {
-		p.ran(&w.slot, outcomeOf(err))
-	}
-	if dc != nil {
-		dc.release()
-	}
-	if err != nil || !w.state.complete() {
-		p.taskEnded(&w.slot, it, *ctx, err)
-	}
+	w.runClaimed(it, ctx)
 }
 
 // startTiming records in s.start when the task in s starts, now if that

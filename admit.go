@@ -71,9 +71,7 @@ func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 	}
 	select {
 	case p.queue <- item{ctx: ctx, run: run}: // admitted: it waits in the queue
-		// With no worker parked, at the cap (the steady state under load)
-		// and open, nothing more is to do; admitted looks further.
-		if p.parked.Load() > 0 || p.active.Load() < p.workers.Load() || p.isAbandoned() {
+		if p.lookFurther() {
 			p.admitted()
 		}
 		return nil
@@ -88,10 +86,8 @@ func (p *Pool) submit(ctx context.Context, run runner, mode submitMode) error {
 func (p *Pool) submitSlow(it item, mode submitMode) error {
 	var stamp *stampedTask
 	if t, ok := it.run.(Task); ok && p.stamp && p.route == routeControlled {
-		// tag, written out for the common case of overload control
-		stamp = p.stamps.take()
-		stamp.task = t
-		it.run = stamp
+		stamp = p.stamps.take() // tag's first case, written out: the common one of overload control
+		stamp.task, it.run = t, stamp
 	} else if p.tagged {
 		stamp = p.tag(&it)
 	}
@@ -173,8 +169,8 @@ type stampBlock struct {
 	tasks [stampBatch]stampedTask
 }
 
-// take returns a stampedTask for t, never handed out before. It is safe
-// for concurrent use.
+// take returns a stampedTask never handed out before. It is safe for
+// concurrent use. Its common case is small enough to inline.
 func (b *stampBlocks) take() *stampedTask {
 	if cur := b.cur.Load(); cur != nil {
 		if i := cur.taken.Add(1); i <= stampBatch {
@@ -184,8 +180,9 @@ func (b *stampBlocks) take() *stampedTask {
 	return b.takeNew()
 }
 
-// takeNew starts a new block, or takes from one that another goroutine
-// started meanwhile.
+// takeNew is take when the current block is used up, or there is none yet:
+// it starts a new block, or takes from one another goroutine started
+// meanwhile.
 func (b *stampBlocks) takeNew() *stampedTask {
 	for {
 		cur := b.cur.Load()
@@ -209,6 +206,14 @@ func badSubmit(ctx context.Context) error {
 	return errors.New("bgpool: Submit: nil task")
 }
 
+// lookFurther reports whether a task that has just entered the queue needs
+// admitted: a worker is parked, a worker may start below the cap, or the
+// pool was abandoned. With none of these (the steady state under load, at
+// the cap and open) nothing more is to do.
+func (p *Pool) lookFurther() bool {
+	return p.parked.Load() > 0 || p.active.Load() < p.workers.Load() || p.isAbandoned()
+}
+
 // admitted runs after a task has entered the queue and makes sure that a
 // worker will take it: it wakes a parked worker, if there is one, for the
 // queue (see park.go); else it starts one when tasks wait in the queue and
@@ -222,9 +227,8 @@ func badSubmit(ctx context.Context) error {
 // submitter fills the queue and then looks at active, so one of the two sees
 // the other and the task is never left behind.
 func (p *Pool) admitted() {
-	if p.parked.Load() > 0 && p.wakeIdle(1, noticeQueue) > 0 {
-		// A worker comes for the queue.
-	} else if len(p.queue) > 0 && p.active.Load() < p.workers.Load() && p.activate() {
+	woken := p.parked.Load() > 0 && p.wakeIdle(1, noticeQueue) > 0 // a worker comes for the queue
+	if !woken && len(p.queue) > 0 && p.active.Load() < p.workers.Load() && p.activate() {
 		if head, ok := p.takeTask(); ok { // the new worker takes the oldest task, which frees its slot at once
 			p.startWorker(&head)
 		} else { // a worker took it meanwhile
@@ -242,7 +246,7 @@ func (p *Pool) admitted() {
 func (p *Pool) enqueue(it item) bool {
 	select {
 	case p.queue <- it:
-		if p.parked.Load() > 0 || p.active.Load() < p.workers.Load() || p.isAbandoned() { // as in submit
+		if p.lookFurther() {
 			p.admitted()
 		}
 		return true

@@ -60,6 +60,10 @@ func (w *phaseWord) Load() phase { return w.v.Load() & phaseBits }
 // surplus to retire.
 func (w *phaseWord) word() uint32 { return w.v.Load() }
 
+// setShrunk sets phaseShrunk; clearShrunk clears it.
+func (w *phaseWord) setShrunk()   { w.v.Or(phaseShrunk) }
+func (w *phaseWord) clearShrunk() { w.v.And(^uint32(phaseShrunk)) }
+
 // CompareAndSwap moves the phase from old to new, keeping the flag, and
 // reports whether the phase was old.
 func (w *phaseWord) CompareAndSwap(old, new phase) bool {

@@ -288,7 +288,7 @@ func (p *Pool) Tune(size int) {
 func (p *Pool) setCap(size int) {
 	old := p.workers.Swap(int64(size))
 	if int64(size) < old {
-		p.phase.v.Or(phaseShrunk) // after the cap: see checkSurplus
+		p.phase.setShrunk() // after the cap: see checkSurplus
 		p.retireParked()
 		return
 	}

@@ -239,7 +239,7 @@ func (w *worker) runTasks() (panicked bool) {
 					p.taskEnded(&w.slot, it, ctx, err)
 				}
 			} else if st, ok := it.run.(*stampedTask); ok && p.route == routeControlled {
-				w.runControlled(st.task, st.at, it, &ctx)
+				w.runControlled(st.at, it, &ctx) // runRecord's first case, a call sooner
 			} else {
 				w.runRecord(it, &ctx)
 			}
@@ -261,10 +261,10 @@ func (w *worker) runRecord(it item, ctx *context.Context) {
 	if p.route == routeControlled {
 		switch r := it.run.(type) {
 		case *stampedTask:
-			w.runControlled(r.task, r.at, it, ctx)
+			w.runControlled(r.at, it, ctx)
 			return
 		case routedTask:
-			w.runControlled(Task(r), 0, it, ctx)
+			w.runControlled(0, it, ctx)
 			return
 		}
 	}
@@ -273,9 +273,17 @@ func (w *worker) runRecord(it item, ctx *context.Context) {
 		p.run(&w.slot, it)
 		return
 	}
-	if !p.claim(&w.slot, &it, false) {
-		return
+	if p.claim(&w.slot, &it, false) {
+		w.runClaimed(it, ctx)
 	}
+}
+
+// runClaimed runs it, which w has claimed, with its context, which it
+// sets in *ctx for runTasks' guard; feeds the controller the run time if
+// w times the task (see startTiming); and settles it, counting a
+// completion in w's own word.
+func (w *worker) runClaimed(it item, ctx *context.Context) {
+	p := w.pool
 	var dc *deadlineContext
 	if d := p.opts.taskTimeout; d > 0 {
 		dc = w.deadlineContext(p, it.ctx, d)
@@ -284,7 +292,7 @@ func (w *worker) runRecord(it item, ctx *context.Context) {
 		*ctx = newTaskContext(p.base, &it)
 	}
 	err := it.run.run(*ctx)
-	if w.start != 0 { // timed by the controller (see startTiming)
+	if w.start != 0 { // timed (see startTiming, runControlled)
 		p.ran(&w.slot, outcomeOf(err))
 	}
 	if dc != nil {
@@ -320,9 +328,9 @@ func (p *Pool) checkSurplus(w *worker) bool {
 			}
 			continue
 		}
-		p.phase.v.And(^uint32(phaseShrunk))
+		p.phase.clearShrunk()
 		if p.active.Load() > p.workers.Load() {
-			p.phase.v.Or(phaseShrunk)
+			p.phase.setShrunk()
 		}
 	}
 	return false
@@ -418,29 +426,22 @@ func (p *Pool) next(w *worker) (item, bool) {
 		// Look again, now that w is on the stack: either this look, or the
 		// other side's look at the stack, sees the other (see park.go).
 		it, took := p.takeTask()
-		var woke item
-		switch {
-		case took || p.closing() || p.active.Load() > p.workers.Load():
-			if p.unpark(w) {
-				if took {
-					p.wakeForQueue()
-					w.woke = true
-					return it, true
-				}
-				continue
+		if took || p.closing() || p.active.Load() > p.workers.Load() {
+			if !p.unpark(w) {
+				<-w.wake // claimed meanwhile: a notice, which w, awake, needs no more
 			}
-			woke = <-w.wake // claimed meanwhile: a notice, since w was idle, not asleep
 			if took {
-				p.wakeForQueue()
-				w.woke = true
-				return it, true
+				return p.woke(w, it), true
 			}
-		case p.sleep(w):
+			continue // to drain, or to retire as surplus
+		}
+		var woke item
+		if p.sleep(w) {
 			if cap(p.queue) == 0 && p.waiting.Load() > 0 {
 				p.signalSpare()
 			}
 			woke = <-w.wake
-		default: // claimed before it could sleep: a notice
+		} else { // claimed before it could sleep: a notice
 			woke = <-w.wake
 		}
 		n, ok := woke.run.(notice)
@@ -452,11 +453,18 @@ func (p *Pool) next(w *worker) (item, bool) {
 			return item{}, false
 		}
 		if it, ok := p.takeTask(); ok {
-			p.wakeForQueue()
-			w.woke = true
-			return it, true
+			return p.woke(w, it), true
 		}
 	}
+}
+
+// woke marks it, which w took from the queue as it woke, as taken after a
+// sleep (see worker.woke), and passes the wake on while tasks remain
+// queued (see wakeForQueue).
+func (p *Pool) woke(w *worker, it item) item {
+	w.woke = true
+	p.wakeForQueue()
+	return it
 }
 
 // wakeForQueue wakes an idle worker when tasks are still queued, after a
